@@ -1,0 +1,49 @@
+"""AI Artist Studio: parse the command line, build services, build the UI, launch."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from studio.settings import PROJECT_ROOT, Settings, parse_args
+
+
+def launch_kwargs(settings: Settings) -> dict:
+    """Safe launch defaults: local only unless asked, data dir served, databases and models never."""
+    import gradio as gr
+
+    hf_cache = Path.home() / ".cache" / "huggingface"
+    return dict(
+        server_name=settings.host, server_port=settings.port, share=settings.share, auth=settings.auth,
+        allowed_paths=[str(settings.data_dir)],
+        blocked_paths=[str(settings.data_dir / "db"), str(settings.models_root), str(hf_cache)],
+        max_file_size=settings.max_file_size, enable_monitoring=False, strict_cors=True,
+        inbrowser=settings.inbrowser, theme=gr.themes.Soft(primary_hue="violet"),
+        css_paths=[str(PROJECT_ROOT / "assets" / "studio.css")], footer_links=["api", "settings"],
+    )
+
+
+def create_app(settings: Settings):
+    """Build services and the Blocks app (not launched)."""
+    from studio.services import build_services
+    from studio.ui.app_ui import build_ui
+
+    services = build_services(settings)
+    demo = build_ui(services)
+    demo.queue(max_size=settings.queue_max_size, default_concurrency_limit=settings.gpu_concurrency)
+    return demo, services
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings, password = parse_args(argv).with_generated_auth()
+    if password:
+        print(f"Sharing needs a login: user 'studio', password '{password}' (or pass --auth user:password)",
+              flush=True)
+    demo, _ = create_app(settings)
+    demo.launch(**launch_kwargs(settings))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,101 @@
+"""Run one diffusers pipeline call with progress, live previews and cancel (no UI, no storage)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pipelines.prompt_weighting import encode_weighted_prompt, has_weighting
+
+# Linear latent -> RGB approximation for SD 1.x/2.x latents (rows: latent channels).
+SD_LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+SDXL_LATENT_RGB = ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
+                   (-0.3165, -0.2492, -0.2188))
+FULL_DECODE_MAX_PARAMS = 5_000_000  # tiny VAEs decode exactly for previews; large ones use the approximation
+
+
+@dataclass
+class StepUpdate:
+    """What a running generation reports after each step."""
+
+    step: int
+    total: int
+    preview: object | None = None  # PIL image every `preview_every` steps
+
+
+@dataclass
+class PipelineCall:
+    """Everything one pipeline call needs, already validated."""
+
+    mode: str  # txt2img | img2img | inpaint
+    prompt: str
+    negative_prompt: str
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    seeds: list[int]
+    init_image: object | None = None
+    mask_image: object | None = None
+    strength: float = 0.75
+    extra: dict = field(default_factory=dict)
+
+
+def preview_image(pipe, latents):
+    """A cheap RGB preview of the first latent in the batch."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with torch.no_grad():
+        vae = pipe.vae
+        n_params = sum(p.numel() for p in vae.parameters())
+        if n_params <= FULL_DECODE_MAX_PARAMS:
+            lat = latents[:1].to(vae.dtype) / vae.config.scaling_factor
+            img = vae.decode(lat).sample[0].float().clamp(-1, 1)
+        else:
+            table = SDXL_LATENT_RGB if getattr(pipe, "text_encoder_2", None) is not None else SD_LATENT_RGB
+            weights = torch.tensor(table, dtype=torch.float32, device=latents.device)
+            img = torch.einsum("chw,cr->rhw", latents[0].float(), weights).clamp(-1, 1)
+    arr = ((img.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event | None = None,
+                 on_step: Callable[[StepUpdate], None] | None = None, preview_every: int = 5) -> list:
+    """Run `pipe` once for `call` (one image per seed); returns PIL images, or [] if cancelled mid-run."""
+    import torch
+
+    cancel = cancel or threading.Event()
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in call.seeds]
+    kwargs = dict(num_inference_steps=call.steps, guidance_scale=call.cfg_scale,
+                  num_images_per_prompt=len(call.seeds), generator=generators, output_type="pil")
+    if has_weighting(call.prompt) or has_weighting(call.negative_prompt):
+        kwargs.update(encode_weighted_prompt(pipe, call.prompt, call.negative_prompt, device))
+    else:
+        kwargs.update(prompt=call.prompt, negative_prompt=call.negative_prompt or None)
+    if call.mode == "txt2img":
+        kwargs.update(width=call.width, height=call.height)
+    elif call.mode == "img2img":
+        kwargs.update(image=call.init_image, strength=call.strength)
+    elif call.mode == "inpaint":
+        kwargs.update(image=call.init_image, mask_image=call.mask_image, strength=call.strength,
+                      width=call.width, height=call.height)
+    kwargs.update(call.extra)
+    state = {"cancelled": False}
+
+    def step_end(p, step_index, timestep, tensors):
+        if cancel.is_set():
+            p._interrupt = True
+            state["cancelled"] = True
+        if on_step is not None:
+            step = step_index + 1
+            total = getattr(p, "_num_timesteps", None) or call.steps
+            show = preview_every and (step % preview_every == 0) and step < total and not state["cancelled"]
+            on_step(StepUpdate(step, total, preview_image(p, tensors["latents"]) if show else None))
+        return {}
+
+    with torch.inference_mode():
+        result = pipe(callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"], **kwargs)
+    return [] if state["cancelled"] else list(result.images)

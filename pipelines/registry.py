@@ -1,0 +1,145 @@
+"""Where models come from: the built-in model, an A1111-style models folder, and Hugging Face ids.
+
+Model ids shown to the user:
+  builtin:shapes                     the shipped shapes-world model (assets/builtin-shapes)
+  local:<path under Stable-diffusion> a diffusers folder or a single-file .safetensors checkpoint
+  hf:<owner>/<name>                  a Hugging Face repo id (downloaded on first use when online)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+BUILTIN_ID = "builtin:shapes"
+CHECKPOINT_DIR = "Stable-diffusion"
+LORA_DIR = "Lora"
+CONTROLNET_DIR = "ControlNet"
+UPSCALER_DIR = "ESRGAN"
+HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+SINGLE_FILE_EXT = (".safetensors",)
+UNSAFE_EXT = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class ModelNotFound(LookupError):
+    """The requested model id does not name an installed or downloadable model."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model: how to load it and from where."""
+
+    id: str
+    kind: str  # builtin | diffusers | single_file | hub
+    location: str  # folder/file path, or the hub repo id
+    family: str = "sd"  # sd | sdxl
+
+    @property
+    def label(self) -> str:
+        return self.id.split(":", 1)[1]
+
+
+def check_relative_name(name: str, field: str = "name") -> str:
+    """Refuse names that could escape a folder (``..``, absolute paths, backslashes, NUL)."""
+    if not name or "\x00" in name or "\\" in name or name.startswith("/") or ".." in Path(name).parts:
+        raise ValueError(f"{field} must be a plain relative name without '..' or absolute paths; got {name!r}")
+    return name
+
+
+def detect_family_from_index(folder: Path) -> str:
+    index = json.loads((folder / "model_index.json").read_text())
+    return "sdxl" if "XL" in index.get("_class_name", "") or "text_encoder_2" in index else "sd"
+
+
+def detect_family_from_file(path: Path) -> str:
+    """Read only the safetensors header to tell SDXL from SD 1.x/2.x; a corrupt file raises ValueError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"model file {path.name} is not a readable .safetensors checkpoint: {exc}") from exc
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        return "sdxl"
+    if not any(k.startswith(("model.diffusion_model", "unet.", "down_blocks")) for k in keys):
+        raise ValueError(f"model file {path.name} holds no Stable Diffusion UNet weights")
+    return "sd"
+
+
+class ModelRegistry:
+    """Lists and resolves models; knows nothing about loading them."""
+
+    def __init__(self, builtin_dir: Path, models_dir: Path, offline: bool = False):
+        self.builtin_dir = Path(builtin_dir)
+        self.models_dir = Path(models_dir)
+        self.offline = offline
+
+    def builtin_available(self) -> bool:
+        return (self.builtin_dir / "model_index.json").exists()
+
+    def checkpoints_dir(self) -> Path:
+        return self.models_dir / CHECKPOINT_DIR
+
+    def list_models(self) -> list[ModelSource]:
+        """Every installed model, the built-in one first."""
+        found = []
+        if self.builtin_available():
+            found.append(ModelSource(BUILTIN_ID, "builtin", str(self.builtin_dir)))
+        root = self.checkpoints_dir()
+        if root.is_dir():
+            for path in sorted(root.rglob("*")):
+                rel = path.relative_to(root).as_posix()
+                if path.is_dir() and (path / "model_index.json").exists():
+                    found.append(ModelSource(f"local:{rel}", "diffusers", str(path), self._safe_family(path)))
+                elif path.is_file() and path.suffix.lower() in SINGLE_FILE_EXT:
+                    found.append(ModelSource(f"local:{rel}", "single_file", str(path)))
+        return found
+
+    @staticmethod
+    def _safe_family(folder: Path) -> str:
+        try:
+            return detect_family_from_index(folder)
+        except (OSError, ValueError):
+            return "sd"
+
+    def resolve(self, model_id: str) -> ModelSource:
+        """Turn a model id (or a bare Hugging Face id) into a ModelSource, or raise a clear error."""
+        model_id = (model_id or "").strip()
+        if not model_id:
+            raise ModelNotFound(self.no_model_message())
+        if model_id == BUILTIN_ID:
+            if not self.builtin_available():
+                raise ModelNotFound(self.no_model_message())
+            return ModelSource(BUILTIN_ID, "builtin", str(self.builtin_dir))
+        if model_id.startswith("local:"):
+            rel = check_relative_name(model_id[len("local:"):], "model")
+            path = self.checkpoints_dir() / rel
+            if path.suffix.lower() in UNSAFE_EXT:
+                raise ValueError(f"model {rel}: pickled checkpoints ({', '.join(UNSAFE_EXT)}) are refused; "
+                                 "convert it to .safetensors")
+            if path.is_dir() and (path / "model_index.json").exists():
+                return ModelSource(model_id, "diffusers", str(path), detect_family_from_index(path))
+            if path.is_file() and path.suffix.lower() in SINGLE_FILE_EXT:
+                return ModelSource(model_id, "single_file", str(path), detect_family_from_file(path))
+            raise ModelNotFound(f"model {rel!r} is not under {self.checkpoints_dir()}")
+        repo = model_id[3:] if model_id.startswith("hf:") else model_id
+        if not HF_ID.match(repo) or ".." in repo:
+            raise ValueError(f"model must be an installed model or a Hugging Face id like 'owner/name'; got {model_id!r}")
+        if self.offline:
+            raise ModelNotFound(f"model {repo!r} is a Hugging Face id, but the studio runs offline (--offline); "
+                                f"download it elsewhere and put it under {self.checkpoints_dir()}")
+        return ModelSource(f"hf:{repo}", "hub", repo, "sdxl" if "xl" in repo.lower() else "sd")
+
+    def no_model_message(self) -> str:
+        return (f"No model is installed. Put a diffusers folder or a .safetensors checkpoint under "
+                f"{self.checkpoints_dir()}, or type a Hugging Face id (e.g. stabilityai/sd-turbo) when online.")
+
+    def lora_files(self) -> dict[str, Path]:
+        """LoRA name -> file for every .safetensors under the models folder's Lora/ (and sub-folders)."""
+        root = self.models_dir / LORA_DIR
+        if not root.is_dir():
+            return {}
+        return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.safetensors"))}

@@ -1,0 +1,194 @@
+"""Generate images: validate a request, run it on the shared device queue, save PNGs with infotext, record them."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from pipelines.generation import PipelineCall, StepUpdate, run_pipeline
+from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
+from studio.errors import ValidationError, check_range
+from studio.images import load_image
+from studio.infotext import build_infotext, save_png_with_infotext
+from studio.model_service import ModelService
+
+MODES = ("txt2img", "img2img", "inpaint")
+MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**32 - 1
+
+
+@dataclass
+class GenerationRequest:
+    """Everything the Generate tab (or a schedule) asks for."""
+
+    prompt: str
+    negative_prompt: str = ""
+    model: str = "builtin:shapes"
+    mode: str = "txt2img"
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 128
+    height: int = 128
+    seed: int = -1
+    batch_count: int = 1
+    batch_size: int = 1
+    init_image: object | None = None
+    mask_image: object | None = None
+    strength: float = 0.75
+    job_id: str = ""
+    source: str = "generate"
+
+
+@dataclass
+class SavedImage:
+    id: str
+    path: Path
+    seed: int
+    infotext: str
+    image: object = field(repr=False, default=None)
+
+
+@dataclass
+class GenerationResult:
+    images: list[SavedImage]
+    requested: int
+    stopped: bool
+    job_id: str
+    seconds: float
+
+    @property
+    def message(self) -> str:
+        done = len(self.images)
+        if self.stopped:
+            return f"Stopped: kept {done} of {self.requested} images."
+        return f"{done} image{'s' if done != 1 else ''} in {self.seconds:.1f} s"
+
+
+ProgressFn = Callable[[int, int, StepUpdate], None]  # (image index, images requested, step update)
+
+
+class GenerationService:
+    """txt2img / img2img / inpaint on any registered model, one job at a time on the device."""
+
+    def __init__(self, models: ModelService, gallery, data_dir: Path, device_lock: threading.Lock,
+                 max_batch_size: int = 8, max_batch_count: int = 16):
+        self.models = models
+        self.gallery = gallery
+        self.data_dir = Path(data_dir)
+        self.device_lock = device_lock
+        self.max_batch_size = max_batch_size
+        self.max_batch_count = max_batch_count
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, req: GenerationRequest) -> GenerationRequest:
+        """Check every field and return a normalised copy; raise ValidationError naming the field."""
+        prompt = (req.prompt or "").strip()
+        if not prompt:
+            raise ValidationError("prompt must not be empty (1 to 4000 characters)", "prompt")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValidationError(f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}", "prompt")
+        negative = (req.negative_prompt or "").strip()
+        if len(negative) > MAX_PROMPT_CHARS:
+            raise ValidationError(f"negative prompt is {len(negative)} characters; at most {MAX_PROMPT_CHARS}",
+                                  "negative_prompt")
+        if req.mode not in MODES:
+            raise ValidationError(f"mode must be one of {', '.join(MODES)}; got {req.mode!r}", "mode")
+        if req.sampler not in SAMPLERS:
+            raise ValidationError(f"sampler must be one of {', '.join(SAMPLERS)}; got {req.sampler!r}", "sampler")
+        width = check_range("width", req.width, 64, 2048, int)
+        height = check_range("height", req.height, 64, 2048, int)
+        for name, value in (("width", width), ("height", height)):
+            if value % 8:
+                raise ValidationError(f"{name} must be a multiple of 8 between 64 and 2048; got {value}", name)
+        out = replace(
+            req, prompt=prompt, negative_prompt=negative, width=width, height=height,
+            steps=check_range("steps", req.steps, 1, 150, int),
+            cfg_scale=check_range("cfg_scale", req.cfg_scale, 0, 30, float),
+            seed=check_range("seed", req.seed, -1, MAX_SEED, int),
+            batch_count=check_range("batch_count", req.batch_count, 1, self.max_batch_count, int),
+            batch_size=check_range("batch_size", req.batch_size, 1, self.max_batch_size, int),
+            strength=check_range("strength", req.strength, 0.01, 1.0, float),
+        )
+        self.models.resolve(out.model)
+        if out.mode in ("img2img", "inpaint"):
+            init = load_image(out.init_image, "init_image")
+            out = replace(out, init_image=init.resize((width, height)) if init.size != (width, height) else init)
+            if out.mode == "inpaint":
+                mask = load_image(out.mask_image, "mask_image", mode="L")
+                if mask.size != init.size:
+                    raise ValidationError(f"mask_image is {mask.width}x{mask.height} but init_image is "
+                                          f"{init.width}x{init.height}; they must match", "mask_image")
+                if mask.getextrema()[1] == 0:
+                    raise ValidationError("mask_image is empty: paint the area to change", "mask_image")
+                out = replace(out, mask_image=mask.resize((width, height)) if mask.size != (width, height) else mask)
+        return out
+
+    # ------------------------------------------------------------------ running
+    def generate(self, req: GenerationRequest, cancel: threading.Event | None = None,
+                 on_progress: ProgressFn | None = None, preview_every: int = 5) -> GenerationResult:
+        """Validate, then run batch_count batches of batch_size images; Stop keeps finished batches."""
+        req = self.validate(req)
+        cancel = cancel or threading.Event()
+        job_id = req.job_id or uuid.uuid4().hex
+        base_seed = req.seed if req.seed >= 0 else random.randrange(MAX_SEED)
+        total = req.batch_count * req.batch_size
+        saved: list[SavedImage] = []
+        start = time.perf_counter()
+        model_hash = self.models.model_hash(req.model)
+        with self.device_lock, self.models.pipeline(req.model, req.mode) as pipe:
+            original_scheduler = pipe.scheduler
+            try:
+                for batch in range(req.batch_count):
+                    if cancel.is_set():
+                        break
+                    seeds = [(base_seed + batch * req.batch_size + i) % (MAX_SEED + 1)
+                             for i in range(req.batch_size)]
+                    pipe.scheduler = make_scheduler(req.sampler, dict(original_scheduler.config))
+                    call = PipelineCall(req.mode, req.prompt, req.negative_prompt, req.steps, req.cfg_scale,
+                                        req.width, req.height, seeds, req.init_image, req.mask_image, req.strength)
+                    first = len(saved)
+
+                    def step(update: StepUpdate, first=first):
+                        if on_progress:
+                            on_progress(first, total, update)
+
+                    images = run_pipeline(pipe, call, self.models.device.device, cancel, step, preview_every)
+                    for image, seed in zip(images, seeds):
+                        saved.append(self._save(req, image, seed, model_hash, job_id))
+            finally:
+                pipe.scheduler = original_scheduler
+        return GenerationResult(saved, total, cancel.is_set() and len(saved) < total, job_id,
+                                time.perf_counter() - start)
+
+    def infotext(self, req: GenerationRequest, seed: int, model_hash: str) -> str:
+        params = {"Steps": req.steps, "Sampler": req.sampler, "CFG scale": req.cfg_scale, "Seed": seed,
+                  "Size": f"{req.width}x{req.height}", "Model hash": model_hash,
+                  "Model": self.models.resolve(req.model).label}
+        if req.mode != "txt2img":
+            params["Denoising strength"] = req.strength
+        if req.mode == "inpaint":
+            params["Mode"] = "inpaint"
+        return build_infotext(req.prompt, req.negative_prompt, params)
+
+    def _save(self, req: GenerationRequest, image, seed: int, model_hash: str, job_id: str) -> SavedImage:
+        record_id = uuid.uuid4().hex
+        day = time.strftime("%Y-%m-%d")
+        rel = Path("outputs") / day / f"{time.strftime('%H%M%S')}-{seed}-{record_id[:8]}.png"
+        path = self.data_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = self.infotext(req, seed, model_hash)
+        save_png_with_infotext(image, path, text)
+        self.gallery.add({
+            "id": record_id, "path": rel.as_posix(), "prompt": req.prompt, "negative_prompt": req.negative_prompt,
+            "params": {"mode": req.mode, "sampler": req.sampler, "steps": req.steps, "cfg_scale": req.cfg_scale,
+                       "width": req.width, "height": req.height, "seed": seed, "strength": req.strength,
+                       "model_hash": model_hash, "infotext": text},
+            "model": req.model, "created": time.time(), "job_id": job_id, "source": req.source,
+        })
+        return SavedImage(record_id, path, seed, text, image)

@@ -1,0 +1,99 @@
+"""Models for the studio: what is installed, which are loaded, and a pinned pipeline for a job."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from pipelines.devices import DeviceChoice
+from pipelines.loading import PIPELINE_KINDS, ModelLoadError, derive_pipeline, load_pipeline
+from pipelines.model_cache import ModelCache
+from pipelines.registry import BUILTIN_ID, ModelNotFound, ModelRegistry, ModelSource
+from studio.errors import StudioError, ValidationError
+
+
+def file_sha256(path: Path, prefix: int = 10) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:prefix]
+
+
+class ModelService:
+    """Resolves model ids, hands out cached pipelines, reports and unloads them."""
+
+    def __init__(self, registry: ModelRegistry, cache: ModelCache, device: DeviceChoice, offline: bool = False):
+        self.registry = registry
+        self.cache = cache
+        self.device = device
+        self.offline = offline
+        self._hashes: dict[str, str] = {}
+        self._hash_lock = threading.Lock()
+
+    def choices(self) -> list[str]:
+        return [m.id for m in self.registry.list_models()]
+
+    def default_model(self, preferred: str = BUILTIN_ID) -> str | None:
+        ids = self.choices()
+        return preferred if preferred in ids else (ids[0] if ids else None)
+
+    def resolve(self, model_id: str) -> ModelSource:
+        try:
+            return self.registry.resolve(model_id)
+        except (ModelNotFound, ValueError) as exc:
+            raise ValidationError(str(exc).strip("'\""), "model") from None
+
+    @contextmanager
+    def pipeline(self, model_id: str, kind: str = "txt2img") -> Iterator[object]:
+        """Yield the model's pipeline of `kind`, loading on a miss; pinned in the cache while inside."""
+        if kind not in PIPELINE_KINDS:
+            raise ValidationError(f"mode must be one of {', '.join(PIPELINE_KINDS)}; got {kind!r}", "mode")
+        source = self.resolve(model_id)
+        base_key = (source.id, "txt2img")
+
+        def loader():
+            return load_pipeline(source, self.device, self.offline)
+
+        try:
+            if kind == "txt2img":
+                ctx = self.cache.use(base_key, loader)
+            else:
+                ctx = self.cache.use((source.id, kind), loader, parent=base_key,
+                                     derive=lambda base: derive_pipeline(base, kind))
+            with ctx as pipe:
+                yield pipe
+        except ModelLoadError as exc:
+            raise StudioError(str(exc), "model") from exc
+
+    def model_hash(self, model_id: str) -> str:
+        """A1111-style short sha256 of the model's weights file (UNet file for diffusers folders)."""
+        source = self.resolve(model_id)
+        with self._hash_lock:
+            if source.id not in self._hashes:
+                self._hashes[source.id] = self._hash_source(source)
+            return self._hashes[source.id]
+
+    @staticmethod
+    def _hash_source(source: ModelSource) -> str:
+        if source.kind == "hub":
+            return hashlib.sha256(source.location.encode()).hexdigest()[:10]
+        path = Path(source.location)
+        if path.is_dir():
+            files = sorted((path / "unet").glob("*.safetensors")) or sorted((path / "unet").glob("*.bin"))
+            if not files:
+                return "0000000000"
+            path = files[0]
+        return file_sha256(path)
+
+    def stats(self):
+        return self.cache.stats()
+
+    def unload(self, model_id: str) -> int:
+        try:
+            return self.cache.unload(model_id)
+        except RuntimeError as exc:
+            raise StudioError(str(exc), "model") from None

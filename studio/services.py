@@ -1,0 +1,42 @@
+"""Composition root: build every service once from Settings and hand them to the UI."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from studio.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    models: "ModelService"
+    generation: "GenerationService"
+    gallery: "GalleryStore"
+    jobs: "JobRegistry"
+    device_lock: threading.Lock
+
+
+def build_services(settings: Settings) -> Services:
+    """Create the data folders, the model cache, stores and services (no model is loaded here)."""
+    from pipelines.devices import choose_device, free_device_memory
+    from pipelines.model_cache import ModelCache
+    from pipelines.registry import CHECKPOINT_DIR, CONTROLNET_DIR, LORA_DIR, UPSCALER_DIR, ModelRegistry
+    from studio.generation_service import GenerationService
+    from studio.jobs import JobRegistry
+    from studio.model_service import ModelService
+    from studio.stores.gallery_store import GalleryStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    for sub in (CHECKPOINT_DIR, LORA_DIR, CONTROLNET_DIR, UPSCALER_DIR):
+        (settings.models_root / sub).mkdir(parents=True, exist_ok=True)
+    device = choose_device(settings.device, settings.dtype)
+    registry = ModelRegistry(settings.builtin_model_dir, settings.models_root, settings.offline)
+    cache = ModelCache(settings.cache_budget_bytes, on_evict=free_device_memory)
+    models = ModelService(registry, cache, device, settings.offline)
+    gallery = GalleryStore(settings.data_dir / "db")
+    device_lock = threading.Lock()
+    generation = GenerationService(models, gallery, settings.data_dir, device_lock,
+                                   settings.max_batch_size, settings.max_batch_count)
+    return Services(settings, models, generation, gallery, JobRegistry(), device_lock)

@@ -1,0 +1,1 @@
+"""Gradio UI: one module per tab, each with create_tab(services)."""

@@ -1,0 +1,310 @@
+"""Reproducible, resumable training of the built-in "shapes world" model.
+
+    python -m training.train_builtin --work-dir runs/builtin --out assets/builtin-shapes
+
+Phases (each resumable, state in <work-dir>/state.json, checkpoints written to a temp file then renamed):
+  1. vae      AutoencoderKL on random 64x64 crops, foreground-weighted L1+MSE (+ tiny KL)
+  2. latents  encode a fixed scene set once (latent cache)
+  3. unet     text encoder + UNet jointly, v-prediction, zero terminal SNR, min-SNR-5, EMA
+  4. export   a normal diffusers folder (fp16) that StableDiffusionPipeline.from_pretrained loads offline
+Only time spent on training steps counts towards the budgets; EMA snapshots are kept every
+`--snapshot-minutes` of training time so adherence can be plotted against training minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training import builtin_model as bm
+from training.world import COLOURS, SHAPES, PATTERNS, caption_count, caption_single, caption_two, render, sample_scene
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+def _to_tensor(img) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+class Trainer:
+    """Holds the run's state; each phase method resumes where the state says it stopped."""
+
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.work_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.work / "state.json"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
+            "seed": args.seed, "vae_seconds": 0.0, "unet_seconds": 0.0, "vae_step": 0, "unet_step": 0,
+            "latents_done": False, "command": " ".join(os.sys.argv),
+        }
+        torch.manual_seed(args.seed)
+        self.tok_dir = self.work / "tokenizer"
+        vocab_size = bm.write_tokenizer(self.tok_dir)
+        from transformers import CLIPTokenizer
+
+        self.tokenizer = CLIPTokenizer.from_pretrained(self.tok_dir)
+        self.vocab_size = vocab_size
+
+    def save_state(self):
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        os.replace(tmp, self.state_path)
+
+    # ------------------------------------------------------------------ VAE
+    def train_vae(self):
+        a = self.args
+        vae = bm.make_vae()
+        opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
+        ck = _load(self.work / "vae.pt")
+        if ck:
+            vae.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            torch.set_rng_state(ck["rng"])
+        budget = a.vae_minutes * 60
+        last_ck = time.time()
+        rng = random.Random(a.seed * 7919 + self.state["vae_step"])
+        while self.state["vae_seconds"] < budget:
+            t0 = time.time()
+            imgs, weights = [], []
+            for _ in range(a.vae_batch):
+                scene = sample_scene(rng.randrange(1 << 30), shapes=SHAPES, patterns=PATTERNS)
+                x = _to_tensor(render(scene))
+                bg = torch.tensor(COLOURS[scene.background], dtype=torch.float32).view(3, 1, 1) / 127.5 - 1
+                fg = ((x - bg).abs().amax(0, keepdim=True) > 0.35).float()
+                ox, oy = rng.randrange(0, 65, 8), rng.randrange(0, 65, 8)
+                imgs.append(x[:, oy:oy + 64, ox:ox + 64])
+                weights.append(1 + 4 * fg[:, oy:oy + 64, ox:ox + 64])
+            x, w = torch.stack(imgs), torch.stack(weights)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                post = vae.encode(x).latent_dist
+                z = post.sample()
+                rec = vae.decode(z).sample.float()
+            kl = post.kl().mean()
+            loss = ((rec - x).abs() * w).mean() + (((rec - x) ** 2) * w).mean() + 1e-6 * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            self.state["vae_step"] += 1
+            self.state["vae_seconds"] += time.time() - t0
+            self._log("vae", self.state["vae_step"], self.state["vae_seconds"], loss.item())
+            if time.time() - last_ck > 120 or self.state["vae_seconds"] >= budget:
+                _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state()},
+                             self.work / "vae.pt")
+                self.save_state()
+                last_ck = time.time()
+        return vae
+
+    def load_vae(self):
+        vae = bm.make_vae()
+        vae.load_state_dict(_load(self.work / "vae.pt")["model"])
+        return vae.eval()
+
+    # ------------------------------------------------------------------ latent cache
+    def cache_latents(self):
+        path = self.work / "latents.pt"
+        if self.state["latents_done"] and path.exists():
+            return _load(path)
+        vae = self.load_vae()
+        seeds = list(range(1_000_000, 1_000_000 + self.args.num_scenes))
+        means, stds = [], []
+        with torch.no_grad():
+            for i in range(0, len(seeds), 64):
+                x = torch.stack([_to_tensor(render(sample_scene(s))) for s in seeds[i:i + 64]])
+                dist = vae.encode(x).latent_dist
+                means.append(dist.mean.half())
+                stds.append(dist.std.half())
+                print(f"latents {i + len(x)}/{len(seeds)}", flush=True)
+        mean, std = torch.cat(means), torch.cat(stds)
+        scale = float(1.0 / mean.float().std())
+        data = {"seeds": seeds, "mean": mean, "std": std, "scale": scale}
+        _atomic_save(data, path)
+        self.state["latents_done"] = True
+        self.state["latent_scale"] = scale
+        self.save_state()
+        return data
+
+    # ------------------------------------------------------------------ UNet + text encoder
+    def caption(self, seed: int, rng: random.Random) -> str:
+        """A fresh phrasing of the cached scene's caption (the scene itself is fixed by its seed)."""
+        scene = sample_scene(seed)
+        if rng.random() < self.args.empty_caption:
+            return ""
+        fn = {"single": lambda s, r: caption_single(s, r, 0.15), "two": caption_two, "count": caption_count}
+        return fn[scene.kind](scene, rng)
+
+    def encode_text(self, te, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=bm.MAX_TOKENS, truncation=True,
+                             return_tensors="pt").input_ids
+        return te(ids)[0]
+
+    def train_unet(self, data):
+        from diffusers import DDPMScheduler
+
+        a = self.args
+        tok = self.tokenizer
+        te = bm.make_text_encoder(self.vocab_size, tok.bos_token_id, tok.eos_token_id)
+        unet = bm.make_unet()
+        ema_unet, ema_te = bm.make_unet(), bm.make_text_encoder(self.vocab_size, tok.bos_token_id, tok.eos_token_id)
+        params = [{"params": unet.parameters(), "lr": a.lr}, {"params": te.parameters(), "lr": a.te_lr}]
+        opt = torch.optim.AdamW(params, weight_decay=1e-2)
+        ck = _load(self.work / "unet.pt")
+        if ck:
+            unet.load_state_dict(ck["unet"])
+            te.load_state_dict(ck["te"])
+            ema_unet.load_state_dict(ck["ema_unet"])
+            ema_te.load_state_dict(ck["ema_te"])
+            opt.load_state_dict(ck["opt"])
+            torch.set_rng_state(ck["rng"])
+        else:
+            ema_unet.load_state_dict(unet.state_dict())
+            ema_te.load_state_dict(te.state_dict())
+        for m in (ema_unet, ema_te):
+            m.requires_grad_(False)
+        sched = DDPMScheduler(**{k: v for k, v in bm.make_scheduler_config().items() if k != "set_alpha_to_one"})
+        alphas = sched.alphas_cumprod
+        snr = alphas / (1 - alphas).clamp(min=1e-8)
+        mean, std, seeds, scale = data["mean"], data["std"], data["seeds"], data["scale"]
+        budget = a.unet_minutes * 60
+        rng = random.Random(a.seed * 104729 + self.state["unet_step"])
+        last_ck = time.time()
+        snap_every = a.snapshot_minutes * 60
+        while self.state["unet_seconds"] < budget:
+            t0 = time.time()
+            step = self.state["unet_step"]
+            idx = torch.tensor([rng.randrange(len(seeds)) for _ in range(a.batch)])
+            lat = (mean[idx].float() + std[idx].float() * torch.randn(len(idx), 4, 16, 16)) * scale
+            caps = [self.caption(seeds[i], rng) for i in idx.tolist()]
+            noise = torch.randn_like(lat)
+            t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),))
+            noisy = sched.add_noise(lat, noise, t)
+            target = sched.get_velocity(lat, noise, t)
+            warm = min(1.0, (step + 1) / a.warmup)
+            for g, base in zip(opt.param_groups, (a.lr, a.te_lr)):
+                g["lr"] = base * warm
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                ctx = self.encode_text(te, caps)
+                pred = unet(noisy, t, ctx).sample.float()
+            w = torch.minimum(snr[t], torch.full_like(snr[t], 5.0)) / (snr[t] + 1)
+            loss = (((pred - target) ** 2).mean(dim=(1, 2, 3)) * w).mean()
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite loss at step {step}; last checkpoint kept")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
+            opt.step()
+            decay = min(a.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for src, dst in ((unet, ema_unet), (te, ema_te)):
+                    for p, e in zip(src.parameters(), dst.parameters()):
+                        e.lerp_(p, 1 - decay)
+            before = self.state["unet_seconds"]
+            self.state["unet_step"] += 1
+            self.state["unet_seconds"] += time.time() - t0
+            self._log("unet", self.state["unet_step"], self.state["unet_seconds"], loss.item())
+            crossed = int(before // snap_every) != int(self.state["unet_seconds"] // snap_every)
+            done = self.state["unet_seconds"] >= budget
+            if crossed or done:
+                minute = round(self.state["unet_seconds"] / 60)
+                self.export(ema_unet, ema_te, scale, self.work / "snapshots" / f"min_{minute:04d}")
+            if crossed or done or time.time() - last_ck > 180:
+                _atomic_save({"unet": unet.state_dict(), "te": te.state_dict(), "ema_unet": ema_unet.state_dict(),
+                              "ema_te": ema_te.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state()},
+                             self.work / "unet.pt")
+                self.save_state()
+                last_ck = time.time()
+        return ema_unet, ema_te
+
+    # ------------------------------------------------------------------ export
+    def export(self, unet, te, scale: float, out: Path):
+        import shutil
+
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+        from transformers import CLIPTokenizer
+
+        vae = self.load_vae()
+        vae.register_to_config(scaling_factor=scale)
+        sched = DPMSolverMultistepScheduler(**{k: v for k, v in bm.make_scheduler_config().items()
+                                               if k not in ("clip_sample", "set_alpha_to_one")})
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=te, tokenizer=CLIPTokenizer.from_pretrained(self.tok_dir), unet=unet,
+            scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.to(torch.float16)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        info = dict(self.state, exported_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+        (tmp / "training_state.json").write_text(json.dumps(info, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        pipe.to(torch.float32)
+
+    def _log(self, phase: str, step: int, seconds: float, loss: float):
+        path = self.work / f"{phase}_loss.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            wr = csv.writer(fh)
+            if new:
+                wr.writerow(["step", "train_seconds", "loss"])
+            wr.writerow([step, f"{seconds:.2f}", f"{loss:.6f}"])
+        if step % 50 == 0:
+            print(f"[{phase}] step {step} t={seconds / 60:.1f}min loss={loss:.4f}", flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work-dir", default="runs/builtin")
+    p.add_argument("--out", default="assets/builtin-shapes")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--vae-minutes", type=float, default=8)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--num-scenes", type=int, default=20000)
+    p.add_argument("--unet-minutes", type=float, default=90)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--te-lr", type=float, default=6e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--empty-caption", type=float, default=0.1)
+    p.add_argument("--snapshot-minutes", type=float, default=10)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    trainer = Trainer(args)
+    if trainer.state["vae_seconds"] < args.vae_minutes * 60:
+        trainer.train_vae()
+    data = trainer.cache_latents()
+    ema_unet, ema_te = trainer.train_unet(data)
+    trainer.export(ema_unet, ema_te, data["scale"], Path(args.out))
+    print(f"exported to {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
