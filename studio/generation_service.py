@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines.generation import PipelineCall, StepUpdate, run_pipeline
+from pipelines.prompt_weighting import extract_lora_tags
 from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
 from studio.errors import ValidationError, check_range
 from studio.images import load_image
@@ -41,6 +42,7 @@ class GenerationRequest:
     init_image: object | None = None
     mask_image: object | None = None
     strength: float = 0.75
+    loras: list = field(default_factory=list)  # [(name, weight)] besides <lora:name:w> tags in the prompt
     job_id: str = ""
     source: str = "generate"
 
@@ -116,6 +118,7 @@ class GenerationService:
             strength=check_range("strength", req.strength, 0.01, 1.0, float),
         )
         self.models.resolve(out.model)
+        out = replace(out, loras=self._resolve_loras(out))
         if out.mode in ("img2img", "inpaint"):
             init = load_image(out.init_image, "init_image")
             out = replace(out, init_image=init.resize((width, height)) if init.size != (width, height) else init)
@@ -128,6 +131,33 @@ class GenerationService:
                     raise ValidationError("mask_image is empty: paint the area to change", "mask_image")
                 out = replace(out, mask_image=mask.resize((width, height)) if mask.size != (width, height) else mask)
         return out
+
+    def _resolve_loras(self, req: GenerationRequest) -> list[tuple[str, float, str]]:
+        """(name, weight, file) for every LoRA named in the prompt tags or the request."""
+        _, tags = extract_lora_tags(req.prompt)
+        available = self.models.registry.lora_files()
+        chosen = {x[0]: x[1] for x in req.loras}
+        chosen.update(dict(tags))  # idempotent: validating twice gives the same list
+        out = []
+        for name, weight in chosen.items():
+            if name not in available:
+                known = ", ".join(sorted(available)) or "none installed"
+                raise ValidationError(f"lora {name!r} is not under {self.models.registry.models_dir / 'Lora'} "
+                                      f"(available: {known})", "lora")
+            weight = check_range(f"lora weight of {name}", weight, -4, 4, float)
+            out.append((name, weight, str(available[name])))
+        return out
+
+    @staticmethod
+    def _apply_loras(pipe, loras: list[tuple[str, float, str]]) -> None:
+        if not loras:
+            return
+        names = []
+        for i, (name, _, path) in enumerate(loras):
+            adapter = f"lora{i}_{abs(hash(name)) % 10**6}"
+            pipe.load_lora_weights(path, adapter_name=adapter)
+            names.append(adapter)
+        pipe.set_adapters(names, [w for _, w, _ in loras])
 
     # ------------------------------------------------------------------ running
     def generate(self, req: GenerationRequest, cancel: threading.Event | None = None,
@@ -143,14 +173,16 @@ class GenerationService:
         model_hash = self.models.model_hash(req.model)
         with self.device_lock, self.models.pipeline(req.model, req.mode) as pipe:
             original_scheduler = pipe.scheduler
+            prompt, _ = extract_lora_tags(req.prompt)
             try:
+                self._apply_loras(pipe, req.loras)
                 for batch in range(req.batch_count):
                     if cancel.is_set():
                         break
                     seeds = [(base_seed + batch * req.batch_size + i) % (MAX_SEED + 1)
                              for i in range(req.batch_size)]
                     pipe.scheduler = make_scheduler(req.sampler, dict(original_scheduler.config))
-                    call = PipelineCall(req.mode, req.prompt, req.negative_prompt, req.steps, req.cfg_scale,
+                    call = PipelineCall(req.mode, prompt, req.negative_prompt, req.steps, req.cfg_scale,
                                         req.width, req.height, seeds, req.init_image, req.mask_image, req.strength)
                     first = len(saved)
 
@@ -163,6 +195,8 @@ class GenerationService:
                         saved.append(self._save(req, image, seed, model_hash, job_id))
             finally:
                 pipe.scheduler = original_scheduler
+                if req.loras:
+                    pipe.unload_lora_weights()
         return GenerationResult(saved, total, cancel.is_set() and len(saved) < total, job_id,
                                 time.perf_counter() - start)
 
@@ -174,6 +208,8 @@ class GenerationService:
             params["Denoising strength"] = req.strength
         if req.mode == "inpaint":
             params["Mode"] = "inpaint"
+        if req.loras:
+            params["Lora weights"] = ", ".join(f"{name}: {weight:g}" for name, weight, _ in req.loras)
         return build_infotext(req.prompt, req.negative_prompt, params)
 
     def _save(self, req: GenerationRequest, image, seed: int, model_hash: str, job_id: str) -> SavedImage:

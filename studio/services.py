@@ -15,6 +15,7 @@ class Services:
     generation: "GenerationService"
     gallery: "GalleryStore"
     jobs: "JobRegistry"
+    training: "TrainingService"
     device_lock: threading.Lock
 
 
@@ -27,6 +28,8 @@ def build_services(settings: Settings) -> Services:
     from studio.jobs import JobRegistry
     from studio.model_service import ModelService
     from studio.stores.gallery_store import GalleryStore
+    from studio.stores.runs_store import RunsStore
+    from studio.training_service import TrainingService
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     for sub in (CHECKPOINT_DIR, LORA_DIR, CONTROLNET_DIR, UPSCALER_DIR):
@@ -39,4 +42,6 @@ def build_services(settings: Settings) -> Services:
     device_lock = threading.Lock()
     generation = GenerationService(models, gallery, settings.data_dir, device_lock,
                                    settings.max_batch_size, settings.max_batch_count)
-    return Services(settings, models, generation, gallery, JobRegistry(), device_lock)
+    training = TrainingService(RunsStore(settings.data_dir / "db" / "training_runs.json"), settings.data_dir,
+                               settings.models_root / LORA_DIR, models, device_lock)
+    return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock)

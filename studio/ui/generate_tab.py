@@ -64,6 +64,11 @@ def create_tab(services) -> dict:
                                     elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", lines=2)
                 with gr.Row():
+                    lora_pick = gr.Dropdown(sorted(models.registry.lora_files()), label="LoRA", scale=3,
+                                            info="adds <lora:name:weight> to the prompt; stack several")
+                    lora_weight = gr.Slider(-2, 2, value=0.8, step=0.05, label="LoRA weight", scale=2)
+                    lora_add = gr.Button("Add LoRA", scale=1)
+                with gr.Row():
                     sampler = gr.Dropdown(sampler_names(), value=DEFAULT_SAMPLER, label="Sampler")
                     steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
                     cfg = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
@@ -117,6 +122,15 @@ def create_tab(services) -> dict:
             gr.update(visible=not ids)
 
     refresh.click(on_refresh, model, [model, no_model], queue=False)
+
+    def on_add_lora(name, weight, text):
+        if not name:
+            return gr.update(), gr.update(choices=sorted(models.registry.lora_files()))
+        tag = f"<lora:{name}:{weight:g}>"
+        return (f"{text.rstrip()} {tag}".strip() if tag not in (text or "") else text), gr.update()
+
+    lora_add.click(on_add_lora, [lora_pick, lora_weight, prompt], [prompt, lora_pick], queue=False)
+    lora_pick.focus(lambda: gr.update(choices=sorted(models.registry.lora_files())), None, lora_pick, queue=False)
 
     @user_errors
     def on_png_info(path):

@@ -1,0 +1,186 @@
+"""The project's benchmark: ratios measured side by side in one run.
+
+    python -m studio.bench [--quick] [--skip adherence,gallery,coldstart]
+
+Prints: studio txt2img vs raw diffusers (wall-time ratio, pixel identity), cache hit vs cold load, mode
+switching cost, cold start of app.py to first served page, gallery store at 100k images, and the built-in
+model's prompt adherence on the held-out prompt set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from studio.settings import BUILTIN_MODEL_DIR, PROJECT_ROOT, Settings
+
+
+def _line(name: str, value: str) -> None:
+    print(f"  {name:<44} {value}", flush=True)
+
+
+def _services(tmp: Path):
+    from studio.services import build_services
+
+    settings = Settings(data_dir=tmp / "data", models_dir=tmp / "models", offline=True, device="cpu",
+                        dtype="float32")
+    return build_services(settings)
+
+
+def bench_generation(tmp: Path, repeats: int) -> None:
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    from pipelines.samplers import make_scheduler
+    from studio.generation_service import GenerationRequest
+
+    print("Generation (built-in model, 20 steps, 128x128, DPM++ 2M, CFG 7)", flush=True)
+    services = _services(tmp)
+    raw = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
+    raw.set_progress_bar_config(disable=True)
+    raw.scheduler = make_scheduler("DPM++ 2M", dict(raw.scheduler.config))
+    prompt = "a red circle on a blue background"
+    req = GenerationRequest(prompt=prompt, sampler="DPM++ 2M", steps=20, width=128, height=128, seed=11)
+    services.generation.generate(req)  # warm both paths
+    raw(prompt, num_inference_steps=20, width=128, height=128, generator=torch.Generator().manual_seed(11))
+    studio_t, raw_t = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = services.generation.generate(req)
+        studio_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        image = raw(prompt, num_inference_steps=20, width=128, height=128, guidance_scale=7.0,
+                    generator=torch.Generator().manual_seed(11)).images[0]
+        raw_t.append(time.perf_counter() - t0)
+    same = np.array_equal(np.asarray(Image.open(result.images[0].path)), np.asarray(image))
+    s, r = statistics.median(studio_t), statistics.median(raw_t)
+    _line("studio txt2img (incl. PNG save + gallery)", f"{s:.3f} s")
+    _line("raw diffusers call", f"{r:.3f} s")
+    _line("wall-time ratio studio/raw (target <= 1.05)", f"{s / r:.3f}")
+    _line("pixel-identical", "yes" if same else "NO")
+
+
+def bench_cache(tmp: Path) -> None:
+    from studio.generation_service import GenerationRequest
+
+    print("Model cache", flush=True)
+    services = _services(tmp)
+    models = services.models
+    t0 = time.perf_counter()
+    with models.pipeline("builtin:shapes", "txt2img"):
+        pass
+    cold = time.perf_counter() - t0
+    hits = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        with models.pipeline("builtin:shapes", "txt2img"):
+            pass
+        hits.append(time.perf_counter() - t0)
+    hit = statistics.median(hits)
+    _line("cold load", f"{cold * 1000:.1f} ms")
+    _line("cache hit", f"{hit * 1000:.3f} ms")
+    _line("hit vs cold speed-up (target >= 20x)", f"{cold / hit:.0f}x")
+    loads_before = models.stats().loads
+    t0 = time.perf_counter()
+    for kind in ("img2img", "inpaint", "txt2img"):
+        with models.pipeline("builtin:shapes", kind):
+            pass
+    switch = time.perf_counter() - t0
+    extra_loads = sum(1 for e in models.stats().entries if e["kind"] == "txt2img") - 1
+    _line("switch txt2img->img2img->inpaint->txt2img", f"{switch * 1000:.1f} ms (target < 50 ms)")
+    _line("extra weight loads while switching", f"{extra_loads} (derived entries: "
+          f"{models.stats().loads - loads_before}, sharing weights)")
+    del GenerationRequest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_cold_start(tmp: Path) -> None:
+    print("Cold start", flush=True)
+    port = _free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "app.py"), "--port", str(port), "--data-dir",
+                             str(tmp / "cold"), "--offline"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < 120:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        _line("python app.py -> first served page (target <= 15 s)", f"{time.perf_counter() - t0:.2f} s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_gallery(tmp: Path, n: int) -> None:
+    from studio.stores.bench_store import bench_gallery as run
+
+    print(f"Gallery store ({n:,} images)", flush=True)
+    numbers = run(tmp / "gallery", n=n)
+    for key, value in numbers.items():
+        _line(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+def bench_adherence(tmp: Path, limit: int | None) -> None:
+    from PIL import Image
+
+    from studio.generation_service import GenerationRequest
+    from training.evaluator import evaluate, heldout_prompt_set
+
+    prompts = heldout_prompt_set()
+    if limit:
+        prompts = prompts[:limit]
+    print(f"Built-in model adherence ({len(prompts)} held-out prompts, 20 steps, 128x128)", flush=True)
+    services = _services(tmp)
+    pairs, seconds = [], []
+    for prompt, seed in prompts:
+        t0 = time.perf_counter()
+        result = services.generation.generate(GenerationRequest(prompt=prompt, seed=seed, steps=20))
+        seconds.append(time.perf_counter() - t0)
+        pairs.append((prompt, Image.open(result.images[0].path).convert("RGB")))
+    for key, value in evaluate(pairs).items():
+        _line(key, f"{value:.3f}")
+    _line("mean seconds per image (target <= 1 s)", f"{statistics.mean(seconds):.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats, 10k gallery, 40 prompts")
+    p.add_argument("--skip", default="", help="comma list of: generation,cache,coldstart,gallery,adherence")
+    args = p.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
+        skip |= {"generation", "cache", "adherence"}
+        print("built-in model not installed: generation, cache and adherence skipped")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        sections = [
+            ("generation", lambda: bench_generation(tmp / "g", 3 if args.quick else 7)),
+            ("cache", lambda: bench_cache(tmp / "c")),
+            ("coldstart", lambda: bench_cold_start(tmp)),
+            ("gallery", lambda: bench_gallery(tmp, 10_000 if args.quick else 100_000)),
+            ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
+        ]
+        for name, run in sections:
+            if name not in skip:
+                run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""LoRA training runs for the Train tab: datasets, background runs with live state, history, resume, compare."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from studio.errors import BusyError, StudioError, ValidationError, check_range
+from training.lora_trainer import (LR_SCHEDULERS, PRECISIONS, LoraTrainer, LoraTrainingConfig, TrainingEvent,
+                                   TrainingSample, list_checkpoints)
+
+log = logging.getLogger(__name__)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+PRESETS: dict[str, dict] = {
+    "quick": {"rank": 4, "alpha": 4, "learning_rate": 2e-3, "max_steps": 150, "batch_size": 4,
+              "lr_scheduler": "constant", "checkpoint_every": 50, "validation_every": 50},
+    "balanced": {"rank": 8, "alpha": 8, "learning_rate": 1e-3, "max_steps": 400, "batch_size": 4,
+                 "lr_scheduler": "cosine", "checkpoint_every": 100, "validation_every": 100},
+    "quality": {"rank": 16, "alpha": 16, "learning_rate": 5e-4, "max_steps": 1200, "batch_size": 8,
+                "lr_scheduler": "cosine", "checkpoint_every": 200, "validation_every": 200},
+}
+
+
+@dataclass
+class DatasetItem:
+    path: str
+    caption: str
+
+
+@dataclass
+class LiveRun:
+    """What the Train tab polls while a run goes: curve, rates, validation images, log."""
+
+    run_id: str
+    name: str
+    total: int
+    status: str = "starting"
+    step: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    lr: float = 0.0
+    steps_per_second: float = 0.0
+    eta_seconds: float = 0.0
+    validation: list[tuple[str, str]] = field(default_factory=list)  # (image path, caption)
+    log: list[str] = field(default_factory=list)
+    lora_path: str = ""
+    error: str = ""
+
+
+class TrainingService:
+    """One training at a time in a background thread; every run recorded in the runs store."""
+
+    def __init__(self, runs_store, data_dir: Path, lora_dir: Path, models, device_lock: threading.Lock):
+        self.runs = runs_store
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "training"
+        self.lora_dir = Path(lora_dir)
+        self.models = models
+        self.device_lock = device_lock
+        self._lock = threading.Lock()
+        self._live: dict[str, LiveRun] = {}
+        self._stop: dict[str, threading.Event] = {}
+        self._thread: threading.Thread | None = None
+        self._mark_interrupted()
+
+    # ------------------------------------------------------------------ datasets
+    def load_dataset(self, paths: list[str], captions: dict[str, str] | None = None) -> tuple[list[DatasetItem], list[str]]:
+        """Check every image (corrupt ones are skipped and listed); captions from `captions`, a .txt beside
+        the image, or empty."""
+        from PIL import Image
+
+        items, skipped = [], []
+        for raw in paths:
+            path = Path(raw)
+            if path.is_dir():
+                sub, bad = self.load_dataset([str(p) for p in sorted(path.iterdir())
+                                              if p.suffix.lower() in IMAGE_EXT], captions)
+                items += sub
+                skipped += bad
+                continue
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+                with Image.open(path) as img:
+                    img.load()
+            except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+                skipped.append(f"{path.name}: {type(exc).__name__}")
+                continue
+            text = (captions or {}).get(str(path))
+            if text is None and path.with_suffix(".txt").exists():
+                text = path.with_suffix(".txt").read_text().strip()
+            items.append(DatasetItem(str(path), text or ""))
+        return items, skipped
+
+    @staticmethod
+    def add_trigger(items: list[DatasetItem], trigger: str) -> list[DatasetItem]:
+        trigger = trigger.strip()
+        if not trigger:
+            return items
+        return [replace(i, caption=i.caption if i.caption.startswith(trigger) else
+                        f"{trigger}, {i.caption}".strip(", ")) for i in items]
+
+    # ------------------------------------------------------------------ config
+    def validate(self, cfg: LoraTrainingConfig, items: list[DatasetItem]) -> LoraTrainingConfig:
+        if not items:
+            raise ValidationError("dataset is empty: add at least one image", "dataset")
+        missing = [Path(i.path).name for i in items if not i.caption.strip()]
+        if missing:
+            raise ValidationError(f"captions missing for {len(missing)} image(s) (e.g. {missing[0]}): write one "
+                                  "or add a trigger word to all", "captions")
+        if not NAME_RE.match(cfg.name or ""):
+            raise ValidationError("name must be 1-64 letters, digits, '_', '-' or '.', starting with a letter "
+                                  "or digit", "name")
+        if cfg.lr_scheduler not in LR_SCHEDULERS:
+            raise ValidationError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}", "lr_scheduler")
+        if cfg.mixed_precision not in PRECISIONS:
+            raise ValidationError(f"mixed_precision must be one of {', '.join(PRECISIONS)}", "mixed_precision")
+        return replace(
+            cfg,
+            rank=check_range("rank", cfg.rank, 1, 256, int),
+            alpha=check_range("alpha", cfg.alpha, 0.1, 512, float),
+            learning_rate=check_range("learning_rate", cfg.learning_rate, 1e-7, 1e-1, float),
+            max_steps=check_range("max_steps", cfg.max_steps, 1, 100_000, int),
+            batch_size=check_range("batch_size", cfg.batch_size, 1, 64, int),
+            resolution=check_range("resolution", cfg.resolution, 64, 2048, int),
+            color_jitter=check_range("color_jitter", cfg.color_jitter, 0, 0.5, float),
+            validation_every=check_range("validation_every", cfg.validation_every, 0, 100_000, int),
+            checkpoint_every=check_range("checkpoint_every", cfg.checkpoint_every, 0, 100_000, int),
+            seed=check_range("seed", cfg.seed, 0, 2**32 - 1, int),
+        )
+
+    # ------------------------------------------------------------------ runs
+    def busy(self) -> str | None:
+        with self._lock:
+            if self._thread and self._thread.is_alive():
+                return next((r for r, live in self._live.items() if live.status in ("starting", "running")), "?")
+            return None
+
+    def start(self, cfg: LoraTrainingConfig, items: list[DatasetItem], model_id: str) -> str:
+        """Validate, copy the dataset into the run folder, and train in the background; returns the run id."""
+        source = self.models.resolve(model_id)
+        if source.kind not in ("builtin", "diffusers"):
+            raise ValidationError("base model must be a diffusers folder (the built-in model or one under "
+                                  "Stable-diffusion/)", "base_model")
+        cfg = self.validate(replace(cfg, base_model=source.location, base_model_id=source.id), items)
+        running = self.busy()
+        if running:
+            raise BusyError(f"training run {running} is still going: stop it first (one training at a time)",
+                            "train")
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        run_dir = self.root / "runs" / run_id
+        dataset = run_dir / "dataset"
+        dataset.mkdir(parents=True)
+        samples = []
+        for n, item in enumerate(items):
+            dest = dataset / f"{n:04d}{Path(item.path).suffix.lower()}"
+            shutil.copyfile(item.path, dest)
+            dest.with_suffix(".txt").write_text(item.caption)
+            samples.append(TrainingSample(str(dest), item.caption))
+        self.runs.insert({"id": run_id, "name": cfg.name, "status": "queued", "config": asdict(cfg),
+                          "dataset_size": len(samples), "created": time.time(), "final_loss": None,
+                          "lora_path": "", "step": 0})
+        self._launch(run_id, cfg, samples)
+        return run_id
+
+    def resume(self, run_id: str) -> str:
+        record = self._record(run_id)
+        if record["status"] in ("running", "queued") and self.busy() == run_id:
+            raise BusyError(f"run {run_id} is already running", "run")
+        if self.busy():
+            raise BusyError(f"training run {self.busy()} is still going: stop it first", "run")
+        run_dir = self.root / "runs" / run_id
+        cfg = LoraTrainingConfig(**record["config"])
+        samples = [TrainingSample(str(p), p.with_suffix(".txt").read_text())
+                   for p in sorted((run_dir / "dataset").iterdir()) if p.suffix != ".txt"]
+        self._launch(run_id, cfg, samples)
+        return run_id
+
+    def stop(self, run_id: str | None = None) -> bool:
+        with self._lock:
+            targets = [run_id] if run_id else list(self._stop)
+            for rid in targets:
+                if rid in self._stop:
+                    self._stop[rid].set()
+            return bool(targets)
+
+    def _launch(self, run_id: str, cfg: LoraTrainingConfig, samples: list[TrainingSample]) -> None:
+        run_dir = self.root / "runs" / run_id
+        live = LiveRun(run_id, cfg.name, cfg.max_steps)
+        ck = list_checkpoints(run_dir)
+        if ck:
+            import json
+
+            live.losses = [tuple(x) for x in json.loads((ck[-1] / "state.json").read_text())["loss_history"]]
+            live.step = live.losses[-1][0] if live.losses else 0
+        stop = threading.Event()
+        with self._lock:
+            self._live[run_id] = live
+            self._stop[run_id] = stop
+        trainer = LoraTrainer(cfg, samples, run_dir, lambda e: self._on_event(run_id, run_dir, e), self.device_lock)
+        self._thread = threading.Thread(target=self._run, args=(run_id, trainer, stop), daemon=True,
+                                        name=f"train-{run_id}")
+        self._thread.start()
+
+    def _run(self, run_id: str, trainer: LoraTrainer, stop: threading.Event) -> None:
+        live = self._live[run_id]
+        live.status = "running"
+        self.runs.update_where("id", run_id, {"status": "running"})
+        try:
+            event = trainer.run(stop)
+        except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the studio keeps going
+            log.exception("training run %s failed", run_id)
+            event = TrainingEvent("error", live.step, live.total, message=f"{type(exc).__name__}: {exc}")
+            self._on_event(run_id, trainer.run_dir, event)
+        status = {"done": "done", "stopped": "stopped", "error": "failed"}[event.kind]
+        final_loss = live.losses[-1][1] if live.losses else None
+        lora_path = ""
+        if event.kind in ("done", "stopped") and event.path:
+            self.lora_dir.mkdir(parents=True, exist_ok=True)
+            target = self.lora_dir / f"{trainer.config.name}.safetensors"
+            shutil.copyfile(event.path, target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").replace(target)
+            lora_path = str(target)
+            self._save_curve(run_id, trainer.run_dir)
+        live.status, live.lora_path = status, lora_path
+        self.runs.update_where("id", run_id, {"status": status, "final_loss": final_loss, "lora_path": lora_path,
+                                              "step": live.step, "error": live.error})
+
+    def _on_event(self, run_id: str, run_dir: Path, event: TrainingEvent) -> None:
+        live = self._live[run_id]
+        stamp = time.strftime("%H:%M:%S")
+        if event.kind == "step":
+            live.step, live.lr = event.step, event.lr or 0.0
+            live.losses.append((event.step, event.loss))
+            steps_done = len([1 for s, _ in live.losses if s > live.losses[0][0]]) or 1
+            live.steps_per_second = steps_done / max(event.seconds, 1e-6)
+            live.eta_seconds = (live.total - event.step) / max(live.steps_per_second, 1e-6)
+            if event.step % 25 == 0:
+                live.log.append(f"{stamp} step {event.step}/{live.total} loss {event.loss:.4f}")
+        elif event.kind == "validation":
+            folder = run_dir / "validation"
+            folder.mkdir(exist_ok=True)
+            for i, (prompt, image) in enumerate(event.images):
+                path = folder / f"step-{event.step:06d}-{i}.png"
+                image.save(path)
+                live.validation.append((str(path), f"step {event.step}: {prompt}"))
+            live.log.append(f"{stamp} validation images at step {event.step}")
+        elif event.kind == "checkpoint":
+            live.log.append(f"{stamp} checkpoint saved at step {event.step}")
+            self.runs.update_where("id", run_id, {"step": event.step})
+        elif event.kind in ("log", "done", "stopped"):
+            live.log.append(f"{stamp} {event.message or event.kind} (step {event.step})")
+        elif event.kind == "error":
+            live.error = event.message
+            live.log.append(f"{stamp} ERROR {event.message}")
+
+    def _save_curve(self, run_id: str, run_dir: Path) -> None:
+        from training.curves import save_loss_curve
+
+        save_loss_curve(self._live[run_id].losses, run_dir / "loss.png", title=self._live[run_id].name)
+
+    def _mark_interrupted(self) -> None:
+        for record in self.runs.all():
+            if record.get("status") in ("running", "queued", "starting"):
+                self.runs.update_where("id", record["id"], {"status": "interrupted"})
+
+    def _record(self, run_id: str) -> dict:
+        found = [r for r in self.runs.all() if r.get("id") == run_id]
+        if not found:
+            raise ValidationError(f"run {run_id!r} does not exist", "run")
+        return found[0]
+
+    # ------------------------------------------------------------------ views
+    def live(self, run_id: str | None) -> LiveRun | None:
+        with self._lock:
+            if run_id:
+                return self._live.get(run_id)
+            return next(reversed(self._live.values()), None) if self._live else None
+
+    def list_runs(self) -> list[dict]:
+        return sorted(self.runs.all(), key=lambda r: r.get("created", 0), reverse=True)
+
+    def checkpoints(self, run_id: str) -> list[Path]:
+        self._record(run_id)
+        return [c / "lora.safetensors" for c in list_checkpoints(self.root / "runs" / run_id)]
+
+    def compare(self, run_id: str, prompt: str, seed: int, weights: list[float], steps: int = 20):
+        """X/Y grid: rows = saved checkpoints (and the final LoRA), columns = LoRA weights; returns PIL grid."""
+        import torch
+
+        from training.curves import image_grid
+
+        record = self._record(run_id)
+        cfg = LoraTrainingConfig(**record["config"])
+        files = self.checkpoints(run_id)
+        if not files:
+            raise StudioError("this run has no checkpoints yet", "run")
+        if not weights:
+            raise ValidationError("weights: give at least one LoRA weight, e.g. 0, 0.5, 1", "weights")
+        rows, labels = [], []
+        with self.device_lock, self.models.pipeline(cfg.base_model_id, "txt2img") as pipe:
+            for f in files:
+                pipe.load_lora_weights(str(f), adapter_name="compare")
+                row = []
+                try:
+                    for w in weights:
+                        pipe.set_adapters(["compare"], [w])
+                        g = torch.Generator("cpu").manual_seed(seed)
+                        row.append(pipe(prompt, num_inference_steps=steps, generator=g, width=cfg.resolution,
+                                        height=cfg.resolution).images[0])
+                finally:
+                    pipe.delete_adapters(["compare"])
+                rows.append(row)
+                labels.append(f.parent.name)
+        return image_grid(rows, labels, [f"weight {w:g}" for w in weights])

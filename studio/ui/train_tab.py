@@ -1,0 +1,247 @@
+"""Train tab: build a dataset, set LoRA parameters, train in the background and watch the loss fall live."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.errors import ValidationError
+from studio.training_service import PRESETS, DatasetItem
+from studio.ui.errors import user_errors
+from training.curves import smooth
+from training.lora_trainer import LR_SCHEDULERS, PRECISIONS, LoraTrainingConfig
+
+POLL_SECONDS = 1.5
+RUN_COLUMNS = ["run", "name", "status", "step", "final loss", "images", "rank", "lr", "LoRA file"]
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def curve_frame(losses: list[tuple[int, float]]):
+    import pandas as pd
+
+    if not losses:
+        return pd.DataFrame({"step": [], "loss": [], "series": []})
+    steps = [s for s, _ in losses]
+    raw = [v for _, v in losses]
+    return pd.DataFrame({"step": steps * 2, "loss": raw + smooth(raw),
+                         "series": ["raw"] * len(raw) + ["smoothed"] * len(raw)})
+
+
+def create_tab(services):
+    training = services.training
+    model_choices = [m for m in services.models.choices() if not m.endswith(".safetensors")]
+    default_model = services.models.default_model()
+    with gr.Tab("Train", id="train"):
+        gr.Markdown("Train a LoRA on your images. The curve updates live; the rest of the studio stays usable.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                with gr.Accordion("1 · Dataset", open=True):
+                    uploads = gr.File(label="Images (a .txt beside an image is read as its caption)",
+                                      file_count="multiple", type="filepath", elem_id="train-upload")
+                    with gr.Row():
+                        folder = gr.Textbox(label="…or a folder on this machine", scale=4)
+                        add_folder = gr.Button("Add folder", scale=1)
+                    with gr.Row():
+                        gallery_query = gr.Textbox(label="…or gallery images whose prompt contains", scale=4)
+                        add_gallery = gr.Button("Add from gallery", scale=1)
+                    with gr.Row():
+                        trigger = gr.Textbox(label="Trigger word", placeholder="e.g. sks star", scale=4)
+                        add_trigger = gr.Button("Add to all captions", scale=1)
+                    gr.Markdown("Auto-caption: *unavailable* (no captioning model weights installed).")
+                    dataset_info = gr.Markdown("Dataset: 0 images")
+                    table = gr.Dataframe(headers=["image", "caption"], datatype=["str", "str"], interactive=True,
+                                         label="Captions (edit in place)", wrap=True, elem_id="train-captions",
+                                         static_columns=[0])
+                    grid = gr.Gallery(label="Dataset", columns=8, height=200, interactive=False)
+                with gr.Accordion("2 · Parameters", open=True):
+                    with gr.Row():
+                        base = gr.Dropdown(model_choices, value=default_model, label="Base model")
+                        name = gr.Textbox("my-lora", label="LoRA name")
+                        preset = gr.Radio(list(PRESETS), value="quick", label="Preset")
+                    with gr.Row():
+                        rank = gr.Slider(1, 128, value=4, step=1, label="Rank")
+                        alpha = gr.Slider(1, 128, value=4, step=1, label="Alpha")
+                        lr = gr.Number(2e-3, label="Learning rate")
+                        scheduler = gr.Dropdown(list(LR_SCHEDULERS), value="constant", label="LR scheduler")
+                    with gr.Row():
+                        steps = gr.Number(150, label="Steps", precision=0)
+                        batch = gr.Slider(1, 32, value=4, step=1, label="Batch size")
+                        resolution = gr.Slider(64, 1024, value=128, step=64, label="Resolution (aspect buckets)")
+                        seed = gr.Number(0, label="Seed", precision=0)
+                    with gr.Row():
+                        flip = gr.Checkbox(False, label="Random flip")
+                        crop = gr.Checkbox(False, label="Random crop")
+                        jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
+                        train_te = gr.Checkbox(False, label="Train text encoder")
+                        precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision")
+                    val_prompts = gr.Textbox(label="Validation prompts (one per line)", lines=2)
+                    with gr.Row():
+                        val_every = gr.Number(50, label="Validate every N steps", precision=0)
+                        ck_every = gr.Number(50, label="Checkpoint every N steps", precision=0)
+            with gr.Column(scale=6):
+                with gr.Row():
+                    train = gr.Button("Train", variant="primary", elem_id="train-button", scale=3)
+                    stop = gr.Button("Stop", variant="stop", elem_id="train-stop", scale=1)
+                stats = gr.Markdown("No training yet.", elem_id="train-stats")
+                plot = gr.LinePlot(curve_frame([]), x="step", y="loss", color="series", height=300,
+                                   color_map={"raw": "#c4b5fd", "smoothed": "#6d28d9"}, label="Loss",
+                                   elem_id="train-plot", x_title="step", y_title="loss")
+                validation = gr.Gallery(label="Validation images", columns=4, height=220, format="png",
+                                        interactive=False, elem_id="train-validation")
+                log_box = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False, autoscroll=True)
+                with gr.Accordion("Runs", open=True):
+                    runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, elem_id="train-runs")
+                    with gr.Row():
+                        run_pick = gr.Dropdown([], label="Run", scale=3)
+                        resume = gr.Button("Resume", scale=1)
+                        refresh = gr.Button("Refresh", scale=1)
+                with gr.Accordion("Compare checkpoints (X/Y grid)", open=False):
+                    with gr.Row():
+                        cmp_prompt = gr.Textbox(label="Prompt", scale=3)
+                        cmp_seed = gr.Number(1, label="Seed", precision=0, scale=1)
+                        cmp_weights = gr.Textbox("0, 0.5, 1", label="LoRA weights", scale=1)
+                    compare = gr.Button("Make grid")
+                    cmp_image = gr.Image(label="Checkpoints × weights", format="png", interactive=False)
+        current = gr.State(None)
+        items_state = gr.State([])
+        timer = gr.Timer(POLL_SECONDS, active=True)
+
+    def show_dataset(items, skipped=()):
+        rows = [[i.path, i.caption] for i in items]
+        text = f"Dataset: **{len(items)}** images, {sum(1 for i in items if i.caption.strip())} captioned"
+        if skipped:
+            text += f" · skipped {len(skipped)} unreadable: " + ", ".join(skipped[:5])
+        return items, rows, [i.path for i in items[:64]], text
+
+    def merge(items, new):
+        known = {i.path for i in items}
+        return list(items) + [i for i in new if i.path not in known]
+
+    @user_errors
+    def on_upload(files, items):
+        new, skipped = training.load_dataset(list(files or []))
+        return show_dataset(merge(items, new), skipped)
+
+    @user_errors
+    def on_folder(path, items):
+        from pathlib import Path
+
+        if not path or not Path(path).is_dir():
+            raise ValidationError(f"folder {path!r} is not a folder on this machine", "folder")
+        new, skipped = training.load_dataset([path])
+        return show_dataset(merge(items, new), skipped)
+
+    @user_errors
+    def on_gallery(query, items):
+        records, _ = services.gallery.list(limit=500, query=query or None)
+        data = services.settings.data_dir
+        new, skipped = training.load_dataset([str(data / r["path"]) for r in records])
+        prompts = {str(data / r["path"]): r["prompt"] for r in records}
+        new = [DatasetItem(i.path, i.caption or prompts.get(i.path, "")) for i in new]
+        return show_dataset(merge(items, new), skipped)
+
+    def on_table_edit(frame, items):
+        rows = frame.values.tolist() if hasattr(frame, "values") else frame
+        captions = {str(r[0]): str(r[1] or "") for r in rows}
+        return [DatasetItem(i.path, captions.get(i.path, i.caption)) for i in items]
+
+    def on_trigger(word, items):
+        return show_dataset(training.add_trigger(items, word or ""))
+
+    outs = [items_state, table, grid, dataset_info]
+    uploads.upload(on_upload, [uploads, items_state], outs)
+    add_folder.click(on_folder, [folder, items_state], outs)
+    add_gallery.click(on_gallery, [gallery_query, items_state], outs)
+    add_trigger.click(on_trigger, [trigger, items_state], outs)
+    table.input(on_table_edit, [table, items_state], items_state)
+
+    def on_preset(name):
+        p = PRESETS[name]
+        return (p["rank"], p["alpha"], p["learning_rate"], p["lr_scheduler"], p["max_steps"], p["batch_size"],
+                p["validation_every"], p["checkpoint_every"])
+
+    preset.change(on_preset, preset, [rank, alpha, lr, scheduler, steps, batch, val_every, ck_every], queue=False)
+
+    @user_errors
+    def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, batch_v, res_v, seed_v,
+                 flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v):
+        cfg = LoraTrainingConfig(
+            base_model="", name=(lora_name or "").strip(), rank=rank_v, alpha=alpha_v, learning_rate=lr_v,
+            lr_scheduler=sched_v, max_steps=steps_v or 0, batch_size=batch_v, resolution=res_v, seed=seed_v or 0,
+            flip=flip_v, random_crop=crop_v, color_jitter=jitter_v, train_text_encoder=te_v,
+            mixed_precision=prec_v, validation_prompts=[p.strip() for p in (prompts_v or "").splitlines()
+                                                        if p.strip()],
+            validation_every=val_v or 0, checkpoint_every=ck_v or 0,
+            trigger_word="", device=services.models.device.device,
+        )
+        run_id = training.start(cfg, items, model_id)
+        gr.Info(f"Training started: run {run_id}")
+        return run_id
+
+    train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, batch, resolution, seed,
+                           flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every],
+                current, api_name="train")
+
+    def on_stop(run_id):
+        training.stop(run_id)
+        return "Stopping after the current step…"
+
+    stop.click(on_stop, current, stats, queue=False)
+
+    def poll(run_id):
+        live = training.live(run_id)
+        if live is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        pct = 100 * live.step / max(1, live.total)
+        text = (f"**{live.name}** · {live.status} · step **{live.step}/{live.total}** ({pct:.0f}%) · "
+                f"loss {live.losses[-1][1]:.4f} · lr {live.lr:.2e} · {live.steps_per_second:.2f} steps/s · "
+                f"ETA {_format_eta(live.eta_seconds)}" if live.losses else f"**{live.name}** · {live.status}")
+        if live.error:
+            text += f"\n\n**Error:** {live.error}"
+        if live.lora_path:
+            text += f"\n\nLoRA saved: `{live.lora_path}` (use `<lora:{live.name}:0.8>` in a prompt)"
+        return text, curve_frame(live.losses), [tuple(v) for v in live.validation[-16:]], "\n".join(live.log[-200:])
+
+    timer.tick(poll, current, [stats, plot, validation, log_box], queue=False, show_progress="hidden")
+
+    def runs_view():
+        rows = []
+        for r in training.list_runs():
+            cfg = r.get("config", {})
+            loss = r.get("final_loss")
+            rows.append([r["id"], r["name"], r["status"], r.get("step", 0), f"{loss:.4f}" if loss else "",
+                         r.get("dataset_size", 0), cfg.get("rank"), cfg.get("learning_rate"), r.get("lora_path", "")])
+        ids = [r[0] for r in rows]
+        return rows, gr.update(choices=ids, value=ids[0] if ids else None)
+
+    refresh.click(runs_view, None, [runs, run_pick], queue=False)
+    train.click(runs_view, None, [runs, run_pick], queue=False)
+
+    @user_errors
+    def on_resume(run_id):
+        if not run_id:
+            raise ValidationError("run: pick a run to resume", "run")
+        training.resume(run_id)
+        gr.Info(f"Resumed {run_id}")
+        return run_id
+
+    resume.click(on_resume, run_pick, current)
+
+    @user_errors
+    def on_compare(run_id, prompt, seed_v, weights_text):
+        if not run_id:
+            raise ValidationError("run: pick a run to compare its checkpoints", "run")
+        if not (prompt or "").strip():
+            raise ValidationError("prompt must not be empty", "prompt")
+        try:
+            weights = [float(w) for w in (weights_text or "").replace(";", ",").split(",") if w.strip()]
+        except ValueError:
+            raise ValidationError("weights must be numbers separated by commas, e.g. 0, 0.5, 1", "weights") from None
+        return training.compare(run_id, prompt, int(seed_v or 0), weights)
+
+    compare.click(on_compare, [run_pick, cmp_prompt, cmp_seed, cmp_weights], cmp_image,
+                  concurrency_id="gpu", concurrency_limit=1)
+    return runs_view, [runs, run_pick]

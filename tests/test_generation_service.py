@@ -1,0 +1,123 @@
+"""GenerationService on a tiny diffusers model: every mode and sampler, seeds, stop, saving, validation."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.samplers import make_scheduler, sampler_names
+from studio.errors import ValidationError
+from studio.generation_service import GenerationRequest
+from studio.infotext import parse_infotext, read_png_parameters
+from tests.conftest import TINY_MODEL_ID
+
+
+def request(**kw) -> GenerationRequest:
+    base = dict(prompt="a red circle", model=TINY_MODEL_ID, steps=2, width=64, height=64, seed=7, sampler="Euler")
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+@pytest.mark.parametrize("sampler", sampler_names())
+def test_every_sampler_makes_an_image(services, sampler):
+    result = services.generation.generate(request(sampler=sampler, cfg_scale=1.5 if sampler == "LCM" else 7))
+    assert len(result.images) == 1
+    assert Image.open(result.images[0].path).size == (64, 64)
+
+
+def test_studio_matches_raw_diffusers_pixel_for_pixel(services, tiny_models_dir):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    result = services.generation.generate(request(seed=123, steps=3))
+    raw = StableDiffusionPipeline.from_pretrained(tiny_models_dir / "Stable-diffusion" / "tiny-sd",
+                                                  safety_checker=None, requires_safety_checker=False)
+    raw.scheduler = make_scheduler("Euler", dict(raw.scheduler.config))
+    expected = raw("a red circle", num_inference_steps=3, guidance_scale=7.0, width=64, height=64,
+                   generator=torch.Generator("cpu").manual_seed(123)).images[0]
+    assert np.array_equal(np.asarray(Image.open(result.images[0].path)), np.asarray(expected))
+
+
+def test_modes_share_weights_without_reloading(services):
+    init = Image.new("RGB", (64, 64), (200, 30, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    services.generation.generate(request())
+    services.generation.generate(request(mode="img2img", init_image=init, strength=0.6))
+    services.generation.generate(request(mode="inpaint", init_image=init, mask_image=mask, strength=0.9))
+    stats = services.models.stats()
+    kinds = {e["kind"]: e for e in stats.entries}
+    assert set(kinds) == {"txt2img", "img2img", "inpaint"}
+    assert kinds["img2img"]["bytes"] == 0 and kinds["inpaint"]["bytes"] == 0
+    base_loads = [e for e in stats.entries if e["kind"] == "txt2img"]
+    assert len(base_loads) == 1 and stats.misses == 3 and stats.hits >= 0
+
+
+def test_batches_seeds_and_saved_metadata(services):
+    result = services.generation.generate(request(batch_count=2, batch_size=2, seed=40))
+    assert [img.seed for img in result.images] == [40, 41, 42, 43]
+    info = parse_infotext(read_png_parameters(result.images[2].path))
+    assert info["Seed"] == "42" and info["Steps"] == "2" and info["Sampler"] == "Euler"
+    assert info["Size"] == "64x64" and info["Model"] == "tiny-sd" and len(info["Model hash"]) == 10
+    records, total = services.gallery.list()
+    assert total == 4 and {r["job_id"] for r in records} == {result.job_id}
+    assert all((services.settings.data_dir / r["path"]).exists() for r in records)
+
+
+def test_random_seed_is_reported(services):
+    result = services.generation.generate(request(seed=-1))
+    assert 0 <= result.images[0].seed < 2**32
+    again = services.generation.generate(request(seed=result.images[0].seed))
+    assert np.array_equal(np.asarray(Image.open(again.images[0].path)), np.asarray(Image.open(result.images[0].path)))
+
+
+def test_stop_keeps_finished_images_and_ends_within_a_step(services):
+    cancel = threading.Event()
+    steps_seen = []
+
+    def on_progress(index, total, update):
+        steps_seen.append((index, update.step))
+        if index == 1 and update.step == 1:
+            cancel.set()
+
+    result = services.generation.generate(request(batch_count=3, steps=5), cancel, on_progress)
+    assert result.stopped and len(result.images) == 1
+    assert max(step for index, step in steps_seen if index == 1) <= 2
+    assert not any(index == 2 for index, _ in steps_seen)
+
+
+def test_img2img_records_denoising_strength(services):
+    init = Image.new("RGB", (80, 80), (0, 0, 200))
+    result = services.generation.generate(request(mode="img2img", init_image=init, strength=0.5))
+    info = parse_infotext(read_png_parameters(result.images[0].path))
+    assert info["Denoising strength"] == "0.5"
+    assert Image.open(result.images[0].path).size == (64, 64)
+
+
+BAD = [
+    ({"width": 100}, "width"), ({"width": 4096}, "width"), ({"height": 32}, "height"),
+    ({"steps": 0}, "steps"), ({"steps": 151}, "steps"), ({"cfg_scale": 31}, "cfg_scale"),
+    ({"cfg_scale": float("nan")}, "cfg_scale"), ({"batch_size": 99}, "batch_size"),
+    ({"batch_count": 0}, "batch_count"), ({"prompt": ""}, "prompt"), ({"prompt": "x" * 10_000}, "prompt"),
+    ({"sampler": "Nope"}, "sampler"), ({"seed": -5}, "seed"), ({"mode": "video"}, "mode"),
+    ({"model": "local:../../etc/passwd"}, "model"), ({"model": "no/such-model"}, "model"),
+    ({"model": "local:missing"}, "model"), ({"mode": "img2img"}, "init_image"),
+    ({"mode": "img2img", "init_image": b"not an image"}, "init_image"),
+    ({"mode": "inpaint", "init_image": Image.new("RGB", (64, 64)), "mask_image": Image.new("L", (32, 32), 255)},
+     "mask_image"),
+]
+
+
+@pytest.mark.parametrize("overrides,field", BAD)
+def test_bad_input_names_the_field(services, overrides, field, tmp_path):
+    if overrides.get("init_image") == b"not an image":
+        bad = tmp_path / "fake.png"
+        bad.write_bytes(b"not an image")
+        overrides = dict(overrides, init_image=str(bad))
+    with pytest.raises(ValidationError) as err:
+        services.generation.validate(request(**overrides))
+    assert err.value.field == field
+    assert field.split("_")[0] in str(err.value).lower()

@@ -1,0 +1,148 @@
+"""LoRA trainer on a tiny SD pipeline built from configs: loss falls, files load, stop/resume, NaN, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.lora_trainer import LoraTrainer, LoraTrainingConfig, TrainingSample, list_checkpoints
+from training.world import concept_scene, render
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    from tests.tiny_models import tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("lora-base")
+    pipe = tiny_sd_pipeline(root / "tok")
+    pipe.save_pretrained(root / "model")
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def star_samples(tmp_path_factory) -> list[TrainingSample]:
+    root = tmp_path_factory.mktemp("stars")
+    samples = []
+    for seed in range(6):
+        scene = concept_scene(seed, "star")
+        path = root / f"{seed}.png"
+        render(scene, 64).save(path)
+        samples.append(TrainingSample(str(path), scene.caption))
+    return samples
+
+
+def config(base: Path, **kw) -> LoraTrainingConfig:
+    values = dict(base_model=str(base), name="stars", rank=4, alpha=4, learning_rate=5e-3, max_steps=40,
+                  batch_size=2, resolution=64, seed=3, checkpoint_every=10, validation_every=0)
+    values.update(kw)
+    return LoraTrainingConfig(**values)
+
+
+def test_training_lowers_loss_and_writes_a_loadable_lora(tiny_base, star_samples, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    events = []
+    trainer = LoraTrainer(config(tiny_base, max_steps=60, validation_every=30, validation_prompts=["a star"],
+                                 validation_steps=2),
+                          star_samples, tmp_path / "run", events.append)
+    done = trainer.run()
+    assert done.kind == "done" and done.step == 60
+    losses = [loss for _, loss in trainer.loss_history]
+    assert np.mean(losses[-15:]) < np.mean(losses[:15])
+    assert [e.step for e in events if e.kind == "validation"] == [30, 60]
+    with safe_open(done.path, framework="pt") as fh:
+        meta = fh.metadata()
+    assert meta["ss_steps"] == "60" and meta["ss_network_dim"] == "4" and meta["ss_num_train_images"] == "6"
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, width=64, height=64, output_type="np")
+    before = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
+    pipe.load_lora_weights(done.path)
+    after = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert np.abs(after - before).mean() > 1e-4
+
+
+def test_stop_then_resume_continues_steps_and_curve(tiny_base, star_samples, tmp_path):
+    stop = threading.Event()
+    run_dir = tmp_path / "run"
+
+    def stop_at_15(event):
+        if event.kind == "step" and event.step == 15:
+            stop.set()
+
+    first = LoraTrainer(config(tiny_base), star_samples, run_dir, stop_at_15).run(stop)
+    assert first.kind == "stopped" and first.step == 15
+    assert [p.name for p in list_checkpoints(run_dir)][-1] == "step-000015"
+    (run_dir / "checkpoints" / "step-000016.tmp").mkdir()  # an incomplete checkpoint is skipped
+    resumed = LoraTrainer(config(tiny_base), star_samples, run_dir)
+    result = resumed.run()
+    assert result.kind == "done" and result.step == 40
+    assert [s for s, _ in resumed.loss_history] == list(range(1, 41))
+
+
+def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(tiny_base, star_samples, tmp_path, monkeypatch):
+    real = torch.nn.functional.mse_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs) * (float("nan") if calls["n"] >= 13 else 1.0)
+
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", flaky)
+    result = LoraTrainer(config(tiny_base), star_samples, tmp_path / "run").run()
+    assert result.kind == "error" and "nan" in result.message.lower() and "step 10" in result.message
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-000010"]
+
+
+KILL_SCRIPT = """
+import sys, json
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from training.lora_trainer import LoraTrainer, LoraTrainingConfig, TrainingSample
+cfg = LoraTrainingConfig(**json.loads({cfg!r}))
+samples = [TrainingSample(**s) for s in json.loads({samples!r})]
+def show(e):
+    if e.kind == "checkpoint":
+        print("CK", e.step, flush=True)
+LoraTrainer(cfg, samples, Path({run!r}), show).run()
+"""
+
+
+def test_kill_during_training_then_resume(tiny_base, star_samples, tmp_path):
+    from dataclasses import asdict
+
+    cfg = config(tiny_base, max_steps=400, checkpoint_every=5)
+    run_dir = tmp_path / "run"
+    script = KILL_SCRIPT.format(root=str(ROOT), cfg=json.dumps(asdict(cfg)),
+                                samples=json.dumps([asdict(s) for s in star_samples]), run=str(run_dir))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    seen = 0
+    deadline = time.time() + 240
+    while seen < 2 and time.time() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("CK"):
+            seen += 1
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert seen >= 2
+    checkpoints = list_checkpoints(run_dir)
+    assert checkpoints, "a complete checkpoint survives the kill"
+    last = int(checkpoints[-1].name.split("-")[1])
+    resumed = LoraTrainer(config(tiny_base, max_steps=last + 5, checkpoint_every=5), star_samples, run_dir)
+    result = resumed.run()
+    assert result.kind == "done" and result.step == last + 5
+    assert resumed.loss_history[0][0] == 1 and len(resumed.loss_history) == last + 5

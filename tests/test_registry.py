@@ -1,0 +1,63 @@
+"""ModelRegistry: listing an A1111-style folder, resolving ids, refusing unsafe or unknown models."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.registry import BUILTIN_ID, ModelNotFound, ModelRegistry, check_relative_name
+
+
+def make_registry(tmp_path, offline=True, builtin=False):
+    builtin_dir = tmp_path / "builtin"
+    if builtin:
+        builtin_dir.mkdir()
+        (builtin_dir / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    models = tmp_path / "models"
+    (models / "Stable-diffusion" / "sub").mkdir(parents=True)
+    folder = models / "Stable-diffusion" / "sub" / "mymodel"
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    (models / "Stable-diffusion" / "broken.safetensors").write_bytes(b"\x00" * 64)
+    (models / "Stable-diffusion" / "old.ckpt").write_bytes(b"pickle")
+    return ModelRegistry(builtin_dir, models, offline=offline)
+
+
+def test_lists_builtin_first_then_folder_models(tmp_path):
+    reg = make_registry(tmp_path, builtin=True)
+    ids = [m.id for m in reg.list_models()]
+    assert ids[0] == BUILTIN_ID
+    assert "local:sub/mymodel" in ids and "local:broken.safetensors" in ids
+    assert not any(i.endswith(".ckpt") for i in ids)
+    assert reg.resolve("local:sub/mymodel").family == "sdxl"
+
+
+def test_no_model_installed_message(tmp_path):
+    reg = make_registry(tmp_path)
+    with pytest.raises(ModelNotFound, match="No model is installed"):
+        reg.resolve(BUILTIN_ID)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../b", "/etc/passwd", "a\\b", ""])
+def test_path_escapes_refused(name):
+    with pytest.raises(ValueError):
+        check_relative_name(name)
+
+
+def test_corrupt_and_pickled_files_get_clear_errors(tmp_path):
+    reg = make_registry(tmp_path)
+    with pytest.raises(ValueError, match="not a readable .safetensors"):
+        reg.resolve("local:broken.safetensors")
+    with pytest.raises(ValueError, match="pickled checkpoints"):
+        reg.resolve("local:old.ckpt")
+    with pytest.raises(ValueError, match="'..'"):
+        reg.resolve("local:../secrets")
+
+
+def test_hub_ids_offline_and_online(tmp_path):
+    with pytest.raises(ModelNotFound, match="offline"):
+        make_registry(tmp_path).resolve("stabilityai/sd-turbo")
+    online = ModelRegistry(tmp_path / "b", tmp_path / "m", offline=False)
+    source = online.resolve("stabilityai/sdxl-turbo")
+    assert (source.kind, source.location, source.family) == ("hub", "stabilityai/sdxl-turbo", "sdxl")
+    with pytest.raises(ValueError):
+        online.resolve("not a model id")

@@ -1,0 +1,358 @@
+"""LoRA training for Stable Diffusion pipelines with peft: checkpoints, resume, validation, NaN guard.
+
+Runs from a plain script or a test: no gradio, no studio. Progress goes to an `on_event` callback.
+Checkpoints are written to `<run>/checkpoints/step-XXXXXX.tmp` and renamed when complete; resume picks the
+newest complete one and restores LoRA weights, optimizer, RNG, step and the loss history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+LR_SCHEDULERS = ("constant", "cosine", "linear")
+PRECISIONS = ("no", "bf16", "fp16")
+UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass
+class LoraTrainingConfig:
+    """Everything a run needs; saved with every checkpoint and inside the LoRA file's metadata."""
+
+    base_model: str  # path of a diffusers folder
+    base_model_id: str = ""
+    name: str = "lora"
+    rank: int = 8
+    alpha: float = 8.0
+    learning_rate: float = 1e-3
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    max_steps: int = 300
+    batch_size: int = 4
+    resolution: int = 128
+    bucket_step: int = 64
+    flip: bool = False
+    random_crop: bool = False
+    color_jitter: float = 0.0
+    train_text_encoder: bool = False
+    seed: int = 0
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_every: int = 100
+    validation_steps: int = 20
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    mixed_precision: str = "no"
+    trigger_word: str = ""
+    device: str = "cpu"
+
+
+@dataclass
+class TrainingSample:
+    image_path: str
+    caption: str
+
+
+@dataclass
+class TrainingEvent:
+    """One thing that happened: kind is step | validation | checkpoint | log | done | stopped | error."""
+
+    kind: str
+    step: int
+    total: int
+    loss: float | None = None
+    lr: float | None = None
+    seconds: float = 0.0
+    images: list = field(default_factory=list)  # (prompt, PIL image) for validation
+    path: str = ""
+    message: str = ""
+
+
+class TrainingStopped(Exception):
+    pass
+
+
+def bucket_size(width: int, height: int, resolution: int, step: int) -> tuple[int, int]:
+    """Aspect bucket: about resolution^2 pixels, sides multiples of `step`."""
+    aspect = width / height
+    w = max(step, round(resolution * math.sqrt(aspect) / step) * step)
+    h = max(step, round(resolution / math.sqrt(aspect) / step) * step)
+    return w, h
+
+
+def lr_factor(kind: str, step: int, warmup: int, total: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if kind == "linear":
+        return max(0.0, 1 - progress)
+    return 1.0
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints (those with state.json), oldest first; .tmp folders are ignored."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp") and (p / "state.json").exists()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[-1]))
+
+
+class LoraTrainer:
+    """Train one LoRA; `run()` may be called on a fresh run dir or one with checkpoints (resume)."""
+
+    def __init__(self, config: LoraTrainingConfig, samples: list[TrainingSample], run_dir: Path,
+                 on_event: Callable[[TrainingEvent], None] | None = None,
+                 step_lock: threading.Lock | None = None):
+        self.config = config
+        self.samples = samples
+        self.run_dir = Path(run_dir)
+        self.on_event = on_event or (lambda e: None)
+        self.step_lock = step_lock or threading.Lock()
+        self.loss_history: list[tuple[int, float]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _load(self):
+        import torch
+        from diffusers import DDPMScheduler, StableDiffusionPipeline
+        from peft import LoraConfig
+
+        cfg = self.config
+        pipe = StableDiffusionPipeline.from_pretrained(cfg.base_model, torch_dtype=torch.float32,
+                                                       safety_checker=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(cfg.device)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.requires_grad_(False)
+        pipe.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                                         target_modules=UNET_TARGETS))
+        if cfg.train_text_encoder:
+            pipe.text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                                                     target_modules=TEXT_TARGETS))
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        return pipe
+
+    def _trainable(self, pipe):
+        params = [p for p in pipe.unet.parameters() if p.requires_grad]
+        if self.config.train_text_encoder:
+            params += [p for p in pipe.text_encoder.parameters() if p.requires_grad]
+        return params
+
+    def _augment(self, image, rng: random.Random):
+        from PIL import ImageEnhance, ImageOps
+
+        cfg = self.config
+        w, h = bucket_size(image.width, image.height, cfg.resolution, cfg.bucket_step)
+        if cfg.random_crop and rng.random() < 0.5:
+            scale = rng.uniform(0.8, 1.0)
+            cw, ch = int(image.width * scale), int(image.height * scale)
+            x, y = rng.randint(0, image.width - cw), rng.randint(0, image.height - ch)
+            image = image.crop((x, y, x + cw, y + ch))
+        image = image.resize((w, h))
+        if cfg.flip and rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        if cfg.color_jitter > 0:
+            for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+                image = enhancer(image).enhance(1 + rng.uniform(-cfg.color_jitter, cfg.color_jitter))
+        return image
+
+    def _batch(self, pipe, rng: random.Random, images: list):
+        """Pick a batch from one aspect bucket, augment, and encode to latents."""
+        import numpy as np
+        import torch
+
+        first = rng.randrange(len(self.samples))
+        bucket = images[first][1]
+        same = [i for i, (_, b) in enumerate(images) if b == bucket]
+        idx = [first] + [rng.choice(same) for _ in range(self.config.batch_size - 1)]
+        pixels = []
+        for i in idx:
+            img = self._augment(images[i][0], rng)
+            pixels.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
+        x = torch.stack(pixels).to(pipe.device)
+        with torch.no_grad():
+            latents = pipe.vae.encode(x).latent_dist.sample() * pipe.vae.config.scaling_factor
+        captions = [self.samples[i].caption for i in idx]
+        return latents, captions
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, pipe, optimizer, step: int) -> Path:
+        import torch
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        root = self.run_dir / "checkpoints"
+        final = root / f"step-{step:06d}"
+        tmp = root / f"step-{step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(pipe.unet).items()},
+                  str(tmp / "unet_peft.safetensors"))
+        if self.config.train_text_encoder:
+            save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(pipe.text_encoder).items()},
+                      str(tmp / "text_encoder_peft.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+        self.export_lora(pipe, tmp / "lora.safetensors", step)
+        (tmp / "state.json").write_text(json.dumps({"step": step, "loss_history": self.loss_history,
+                                                    "python_rng": repr(self._rng.getstate()),
+                                                    "config": asdict(self.config)}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(self.run_dir)[:-self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _restore(self, pipe, optimizer) -> int:
+        import ast
+
+        import torch
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        checkpoints = list_checkpoints(self.run_dir)
+        if not checkpoints:
+            return 0
+        ck = checkpoints[-1]
+        set_peft_model_state_dict(pipe.unet, load_file(str(ck / "unet_peft.safetensors")))
+        if self.config.train_text_encoder and (ck / "text_encoder_peft.safetensors").exists():
+            set_peft_model_state_dict(pipe.text_encoder, load_file(str(ck / "text_encoder_peft.safetensors")))
+        extra = torch.load(ck / "optim.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(extra["optimizer"])
+        torch.set_rng_state(extra["torch_rng"])
+        state = json.loads((ck / "state.json").read_text())
+        self.loss_history = [tuple(x) for x in state["loss_history"]]
+        self._rng.setstate(ast.literal_eval(state["python_rng"]))
+        return int(state["step"])
+
+    def export_lora(self, pipe, path: Path, step: int) -> Path:
+        """Write a diffusers-loadable LoRA .safetensors with training metadata inside."""
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import load_file, save_file
+
+        cfg = self.config
+        folder = path.parent / (path.stem + ".parts")
+        shutil.rmtree(folder, ignore_errors=True)
+        te_layers = (convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
+                     if cfg.train_text_encoder else None)
+        StableDiffusionPipeline.save_lora_weights(
+            folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+            text_encoder_lora_layers=te_layers, safe_serialization=True)
+        tensors = load_file(str(folder / "pytorch_lora_weights.safetensors"))
+        metadata = {"ss_base_model": cfg.base_model_id or cfg.base_model, "ss_steps": str(step),
+                    "ss_network_dim": str(cfg.rank), "ss_network_alpha": str(cfg.alpha),
+                    "ss_num_train_images": str(len(self.samples)), "ss_trigger_word": cfg.trigger_word,
+                    "ss_learning_rate": str(cfg.learning_rate), "ss_resolution": str(cfg.resolution),
+                    "studio_config": json.dumps(asdict(cfg))}
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+        shutil.rmtree(folder, ignore_errors=True)
+        return path
+
+    # ------------------------------------------------------------------ run
+    def validate(self, pipe, step: int) -> list:
+        import torch
+
+        out = []
+        for i, prompt in enumerate(self.config.validation_prompts):
+            g = torch.Generator("cpu").manual_seed(self.config.seed + i)
+            with torch.no_grad():
+                image = pipe(prompt, num_inference_steps=self.config.validation_steps, generator=g,
+                             width=self.config.resolution, height=self.config.resolution).images[0]
+            out.append((prompt, image))
+        return out
+
+    def run(self, stop: threading.Event | None = None) -> TrainingEvent:
+        """Train until max_steps or `stop`; always leaves a checkpoint of the last finished step."""
+        import torch
+        from PIL import Image
+
+        stop = stop or threading.Event()
+        cfg = self.config
+        if not self.samples:
+            raise ValueError("dataset is empty")
+        self._rng = random.Random(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        pipe = self._load()
+        images = []
+        for s in self.samples:
+            img = Image.open(s.image_path).convert("RGB")
+            images.append((img, bucket_size(img.width, img.height, cfg.resolution, cfg.bucket_step)))
+        params = self._trainable(pipe)
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
+        step = self._restore(pipe, optimizer)
+        if step:
+            self.on_event(TrainingEvent("log", step, cfg.max_steps, message=f"resumed from step {step}"))
+        autocast = (torch.autocast(device_type=pipe.device.type, dtype=getattr(torch, {"bf16": "bfloat16",
+                    "fp16": "float16"}[cfg.mixed_precision])) if cfg.mixed_precision != "no" else nullcontext())
+        start = time.perf_counter()
+        last_saved = step
+        while step < cfg.max_steps:
+            if stop.is_set():
+                break
+            with self.step_lock:  # shares the device fairly: a generation waits at most one step
+                pipe.unet.train()
+                latents, captions = self._batch(pipe, self._rng, images)
+                noise = torch.randn_like(latents)
+                t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  device=latents.device)
+                noisy = self.noise_scheduler.add_noise(latents, noise, t)
+                if self.noise_scheduler.config.prediction_type == "v_prediction":
+                    target = self.noise_scheduler.get_velocity(latents, noise, t)
+                else:
+                    target = noise
+                ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                     truncation=True, return_tensors="pt").input_ids.to(pipe.device)
+                lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler, step, cfg.warmup_steps, cfg.max_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    ctx = pipe.text_encoder(ids)[0]
+                    pred = pipe.unet(noisy, t, ctx).sample
+                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                if not torch.isfinite(loss):
+                    message = (f"loss became {loss.item()} at step {step + 1}: training stopped; the last good "
+                               f"checkpoint (step {last_saved}) is kept. Lower the learning rate.")
+                    event = TrainingEvent("error", step, cfg.max_steps, message=message)
+                    self.on_event(event)
+                    return event
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                pipe.unet.eval()
+            step += 1
+            self.loss_history.append((step, float(loss.item())))
+            self.on_event(TrainingEvent("step", step, cfg.max_steps, loss=float(loss.item()), lr=lr,
+                                        seconds=time.perf_counter() - start))
+            if cfg.validation_prompts and cfg.validation_every and step % cfg.validation_every == 0:
+                with self.step_lock:
+                    shots = self.validate(pipe, step)
+                self.on_event(TrainingEvent("validation", step, cfg.max_steps, images=shots))
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                path = self._save_checkpoint(pipe, optimizer, step)
+                last_saved = step
+                self.on_event(TrainingEvent("checkpoint", step, cfg.max_steps, path=str(path)))
+        if step > last_saved or not list_checkpoints(self.run_dir):
+            path = self._save_checkpoint(pipe, optimizer, step)
+            self.on_event(TrainingEvent("checkpoint", step, cfg.max_steps, path=str(path)))
+        final = self.export_lora(pipe, self.run_dir / f"{cfg.name}.safetensors", step)
+        kind = "stopped" if step < cfg.max_steps else "done"
+        event = TrainingEvent(kind, step, cfg.max_steps, loss=self.loss_history[-1][1] if self.loss_history else None,
+                              path=str(final), seconds=time.perf_counter() - start)
+        self.on_event(event)
+        return event

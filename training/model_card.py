@@ -1,0 +1,142 @@
+"""Write the built-in model's card and curves from a finished training run.
+
+    python -m training.model_card --work-dir runs/builtin --out assets/builtin-shapes [--prompts 48]
+
+Evaluates every EMA snapshot (taken every N training minutes, clock paused) on a fixed prompt subset, plots
+adherence per category against training minutes and the loss against minutes, and writes README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from training.curves import save_loss_curve, save_series_plot
+
+
+def evaluate_folder(model_dir: Path, prompts: list[tuple[str, int]], steps: int = 20) -> dict[str, float]:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from training.evaluator import evaluate
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    pairs = []
+    for prompt, seed in prompts:
+        image = pipe(prompt, num_inference_steps=steps, width=128, height=128,
+                     generator=torch.Generator().manual_seed(seed)).images[0]
+        pairs.append((prompt, image))
+    return evaluate(pairs)
+
+
+def adherence_curve(work: Path, prompts: list[tuple[str, int]]) -> dict[float, dict[str, float]]:
+    """Score each snapshot once; results cached in <work>/adherence.json."""
+    cache_path = work / "adherence.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    for snap in sorted((work / "snapshots").glob("min_*")):
+        if snap.name.endswith(".tmp") or snap.name in cache:
+            continue
+        cache[snap.name] = evaluate_folder(snap, prompts)
+        print(snap.name, {k: round(v, 3) for k, v in cache[snap.name].items()}, flush=True)
+        cache_path.write_text(json.dumps(cache, indent=2))
+    return {int(name.split("_")[1]): scores for name, scores in cache.items()}
+
+
+def loss_by_minute(work: Path) -> list[tuple[float, float]]:
+    points = []
+    with open(work / "unet_loss.csv") as fh:
+        for row in csv.DictReader(fh):
+            points.append((float(row["train_seconds"]) / 60, float(row["loss"])))
+    return points
+
+
+def folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def write_card(work: Path, out: Path, curve: dict, final_scores: dict | None) -> None:
+    state = json.loads((work / "state.json").read_text())
+    minutes_vae = state["vae_seconds"] / 60
+    minutes_unet = state["unet_seconds"] / 60
+    rows = []
+    cats = sorted({k for scores in curve.values() for k in scores})
+    for minute in sorted(curve):
+        rows.append(f"| {minute} | " + " | ".join(f"{curve[minute].get(c, float('nan')):.2f}" for c in cats) + " |")
+    table = ("| minutes | " + " | ".join(cats) + " |\n|" + "---|" * (len(cats) + 1) + "\n" + "\n".join(rows)) \
+        if rows else "(no snapshots evaluated)"
+    final = ""
+    if final_scores:
+        final = "\n".join(f"- {k}: {v:.3f}" for k, v in final_scores.items())
+    card = f"""# Built-in model: shapes world
+
+A tiny Stable-Diffusion-architecture model (CLIP-style BPE tokenizer made from the world's vocabulary,
+`CLIPTextModel`, `UNet2DConditionModel`, `AutoencoderKL`, DPM-Solver++ scheduler) trained from scratch by
+`training/train_builtin.py` on procedural images of coloured shapes. It loads with
+`StableDiffusionPipeline.from_pretrained(this_folder)` with no network. Weights are fp16 ({folder_mb(out):.1f} MB).
+Native size 128x128.
+
+## Training
+- Command (resumable: run it again after a stop and it continues from its checkpoints):
+  `python -m training.train_builtin --work-dir runs/builtin --out assets/builtin-shapes --vae-minutes 22 --unet-minutes {round(minutes_unet)}`
+- Seed: {state['seed']}. Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU;
+  torch bf16 autocast on CPU.
+- Training time (training steps only, evaluation paused): VAE {minutes_vae:.1f} min ({state['vae_step']} steps),
+  text encoder + UNet {minutes_unet:.1f} min ({state['unet_step']} steps). Latent cache: {state.get('latent_scale') and 'yes'}.
+- Data recipe (`training/world.py`): 8 colours, circle/square/triangle, sizes small/large, five positions
+  (left/right/top/bottom/center), plain (3/4) or striped (1/4) backgrounds; 70% single-object scenes, 15% two
+  objects (left/right or top/bottom), 15% counts (1-3); captions re-phrased every time a scene is drawn, with
+  each attribute dropped 15% of the time and 10% empty captions (for classifier-free guidance). 20,000 cached
+  scenes. **Held out** of base training: the star shape and the dotted pattern (LoRA material).
+- VAE: f8 (16x16x4 latents at 128x128), channels (32,64,64,64), trained on random 64x64 crops with a
+  foreground-weighted L1+L2 loss (foreground x5) and a tiny KL (1e-6).
+- Text encoder: hidden 128, 4 layers, 4 heads, trained jointly with the UNet from scratch.
+- UNet: channels (64,128,128), cross-attention at 16x16 and 8x8 and in the middle block, 1 layer per block.
+- Objective: v-prediction with zero terminal SNR (rescaled betas), min-SNR-5 weighting, AdamW 6e-4, batch 32,
+  EMA 0.998, trailing timestep spacing.
+
+## Curves
+- `loss.png`: training loss against training minutes.
+- `adherence.png`: evaluator scores per category against training minutes (EMA snapshots).
+
+{table}
+
+## Final scores (held-out prompt set, 20 steps)
+{final or '(see `./launch.sh bench`)'}
+
+Written {time.strftime('%Y-%m-%d %H:%M')}.
+"""
+    (out / "README.md").write_text(card)
+
+
+def main(argv=None):
+    from training.evaluator import heldout_prompt_set
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work-dir", default="runs/builtin")
+    p.add_argument("--out", default="assets/builtin-shapes")
+    p.add_argument("--prompts", type=int, default=48, help="prompts per snapshot for the curve")
+    p.add_argument("--final", action="store_true", help="also score the exported model on the full set")
+    args = p.parse_args(argv)
+    work, out = Path(args.work_dir), Path(args.out)
+    prompts = heldout_prompt_set()
+    step = max(1, len(prompts) // args.prompts)
+    curve = adherence_curve(work, prompts[::step][: args.prompts])
+    if curve:
+        cats = sorted({k for scores in curve.values() for k in scores})
+        series = {c: sorted((m, s[c]) for m, s in curve.items() if c in s) for c in cats}
+        save_series_plot(series, out / "adherence.png", "Adherence vs training minutes", "UNet training minutes",
+                         "score")
+    save_loss_curve(loss_by_minute(work), out / "loss.png", "Built-in model training loss", "training minutes")
+    final = evaluate_folder(out, prompts) if args.final else None
+    write_card(work, out, curve, final)
+    print(f"model card written to {out / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
