@@ -71,7 +71,7 @@ def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event 
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in call.seeds]
     kwargs = dict(num_inference_steps=call.steps, guidance_scale=call.cfg_scale,
                   num_images_per_prompt=len(call.seeds), generator=generators, output_type="pil")
-    if has_weighting(call.prompt) or has_weighting(call.negative_prompt):
+    if has_weighting(call.prompt, pipe.tokenizer) or has_weighting(call.negative_prompt, pipe.tokenizer):
         kwargs.update(encode_weighted_prompt(pipe, call.prompt, call.negative_prompt, device))
     else:
         kwargs.update(prompt=call.prompt, negative_prompt=call.negative_prompt or None)

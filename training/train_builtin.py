@@ -14,6 +14,7 @@ Only time spent on training steps counts towards the budgets; EMA snapshots are 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -246,11 +247,13 @@ class Trainer:
         vae.register_to_config(scaling_factor=scale)
         sched = DPMSolverMultistepScheduler(**{k: v for k, v in bm.make_scheduler_config().items()
                                                if k not in ("clip_sample", "set_alpha_to_one")})
+        unet, te = copy.deepcopy(unet), copy.deepcopy(te)  # fp16 copies; the EMA weights stay fp32
         pipe = StableDiffusionPipeline(
             vae=vae, text_encoder=te, tokenizer=CLIPTokenizer.from_pretrained(self.tok_dir), unet=unet,
             scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
-        pipe.to(torch.float16)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.half()
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -259,7 +262,6 @@ class Trainer:
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-        pipe.to(torch.float32)
 
     def _log(self, phase: str, step: int, seconds: float, loss: float):
         path = self.work / f"{phase}_loss.csv"

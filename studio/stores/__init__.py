@@ -1,0 +1,1 @@
+"""Persistent state: TinyDB files written atomically, each behind one lock."""

@@ -1,0 +1,169 @@
+"""The real app served on 127.0.0.1: generate through gradio_client and through Debian chromium (Playwright)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL_ID, make_settings
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_models_dir):
+    from app import create_app, launch_kwargs
+
+    tmp = tmp_path_factory.mktemp("app")
+    settings = make_settings(tmp, tiny_models_dir, port=free_port())
+    demo, services = create_app(settings)
+    kwargs = launch_kwargs(settings)
+    kwargs.update(prevent_thread_lock=True, quiet=True, inbrowser=False)
+    demo.launch(**kwargs)
+    yield f"http://127.0.0.1:{settings.port}/", services
+    demo.close()
+
+
+def generate_args(prompt="a red circle", **kw):
+    values = dict(model_id=TINY_MODEL_ID, mode_value="txt2img", prompt_text=prompt, negative_text="",
+                  sampler_name="Euler", steps_value=2, cfg_value=7, width_value=64, height_value=64,
+                  seed_value=5, count=1, size=1, init_path=None, editor_value=None, strength_value=0.75)
+    values.update(kw)
+    return list(values.values())
+
+
+def test_generate_through_gradio_client(served):
+    from gradio_client import Client
+
+    url, services = served
+    client = Client(url, verbose=False)
+    preview, gallery, info, status = client.predict(*generate_args(), api_name="/generate")
+    assert len(gallery) == 1 and "Seed: 5" in info and "1 image" in status
+    records, total = services.gallery.list(query="red circle")
+    assert total >= 1 and (services.settings.data_dir / records[0]["path"]).exists()
+
+
+def test_bad_input_gets_a_clear_error_and_app_keeps_serving(served):
+    from gradio_client import Client
+
+    url, _ = served
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="width must be a multiple of 8"):
+        client.predict(*generate_args(width_value=100), api_name="/generate")
+    with pytest.raises(Exception, match="150"):  # the slider itself refuses it, naming the range
+        client.predict(*generate_args(steps_value=500), api_name="/generate")
+    _, gallery, _, _ = client.predict(*generate_args(), api_name="/generate")
+    assert len(gallery) == 1
+
+
+def test_two_users_at_once_are_both_served(served):
+    from gradio_client import Client
+
+    url, _ = served
+    results = {}
+
+    def user(n):
+        client = Client(url, verbose=False)
+        results[n] = client.predict(*generate_args(f"user {n} square", seed_value=n), api_name="/generate")
+
+    threads = [threading.Thread(target=user, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(results) == [0, 1] and all(len(r[1]) == 1 for r in results.values())
+
+
+@pytest.mark.browser
+def test_browser_generates_an_image(served, tmp_path):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Debian chromium is missing: ./launch.sh test installs it")
+        pytest.skip("Debian chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    url, _ = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_selector("#prompt textarea", timeout=60_000)
+        page.fill("#prompt textarea", "a green square")
+        page.click("#generate-button")
+        page.wait_for_selector("#output-gallery img", timeout=120_000)
+        page.wait_for_function("document.querySelector('#output-info textarea').value.includes('Steps:')",
+                               timeout=60_000)
+        page.screenshot(path=str(tmp_path / "generate.png"))
+        for tab in ("Train", "Gallery", "Models"):
+            page.get_by_role("tab", name=tab).click()
+            page.wait_for_timeout(300)
+        browser.close()
+    assert not errors, errors
+
+
+@pytest.mark.browser
+def test_browser_training_plot_gains_points_while_it_runs(served, tmp_path):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Debian chromium is missing: ./launch.sh test installs it")
+        pytest.skip("Debian chromium is not installed")
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    from training.world import concept_scene, render
+
+    files = []
+    for seed in range(4):
+        scene = concept_scene(seed, "star")
+        path = tmp_path / f"star{seed}.png"
+        render(scene, 64).save(path)
+        path.with_suffix(".txt").write_text(scene.caption)
+        files.append(str(path))
+    url, services = served
+
+    def step_shown(page) -> int:
+        match = re.search(r"step (\d+)/", page.inner_text("#train-stats"))
+        return int(match.group(1)) if match else 0
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(url)
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#train-upload input[type=file]").set_input_files(files)
+        page.wait_for_function("document.body.innerText.includes('Dataset: 4 images')", timeout=60_000)
+        page.get_by_label("Base model").click()
+        page.get_by_role("option", name=TINY_MODEL_ID).click()
+        page.get_by_label("Steps", exact=True).fill("100000")
+        page.get_by_label("Trigger word").fill("sks star")
+        page.get_by_role("button", name="Add to all captions").click()
+        page.wait_for_function("document.body.innerText.includes('4 captioned')", timeout=30_000)
+        page.click("#train-button")
+        page.wait_for_function("/step \\d+\\//.test(document.querySelector('#train-stats').innerText)",
+                               timeout=120_000)
+        first = step_shown(page)
+        page.wait_for_timeout(4000)
+        second = step_shown(page)
+        assert second > first > 0
+        assert page.locator("#train-plot canvas, #train-plot svg").count() > 0
+        page.screenshot(path=str(tmp_path / "train.png"))
+        page.click("#train-stop")
+        page.wait_for_function("document.querySelector('#train-stats').innerText.includes('stopped')",
+                               timeout=120_000)
+        browser.close()
+    assert services.training.list_runs()[0]["status"] == "stopped"

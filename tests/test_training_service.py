@@ -1,0 +1,124 @@
+"""TrainingService: datasets, validation, background runs with history, LoRA in Generate, one run at a time."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.errors import BusyError, ValidationError
+from studio.generation_service import GenerationRequest
+from studio.training_service import DatasetItem
+from tests.conftest import TINY_MODEL_ID
+from training.lora_trainer import LoraTrainingConfig
+from training.world import concept_scene, render
+
+
+@pytest.fixture
+def star_folder(tmp_path):
+    folder = tmp_path / "stars"
+    folder.mkdir()
+    for seed in range(5):
+        scene = concept_scene(seed, "star")
+        render(scene, 64).save(folder / f"{seed}.png")
+        (folder / f"{seed}.txt").write_text(scene.caption)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return folder
+
+
+def cfg(**kw):
+    values = dict(base_model="", name="stars", rank=4, alpha=4, learning_rate=5e-3, max_steps=20, batch_size=2,
+                  resolution=64, checkpoint_every=10, validation_every=10, validation_prompts=["a star"],
+                  validation_steps=2)
+    values.update(kw)
+    return LoraTrainingConfig(**values)
+
+
+def wait_for(services, run_id, statuses=("done", "stopped", "failed"), timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        live = services.training.live(run_id)
+        if live and live.status in statuses:
+            return live
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+def test_dataset_skips_corrupt_images_and_reads_captions(services, star_folder):
+    items, skipped = services.training.load_dataset([str(star_folder)])
+    assert len(items) == 5 and all(i.caption for i in items)
+    assert skipped == ["broken.png: UnidentifiedImageError"] or skipped[0].startswith("broken.png")
+    tagged = services.training.add_trigger(items, "sks")
+    assert all(i.caption.startswith("sks, ") for i in tagged)
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"rank": 0}, "rank"), ({"learning_rate": 5.0}, "learning_rate"), ({"max_steps": 0}, "max_steps"),
+    ({"name": "../evil"}, "name"), ({"lr_scheduler": "magic"}, "lr_scheduler"),
+])
+def test_bad_parameters_name_the_field(services, star_folder, overrides, field):
+    items, _ = services.training.load_dataset([str(star_folder)])
+    with pytest.raises(ValidationError) as err:
+        services.training.start(cfg(**overrides), items, TINY_MODEL_ID)
+    assert err.value.field == field
+
+
+def test_empty_dataset_and_missing_captions(services, star_folder):
+    with pytest.raises(ValidationError, match="dataset is empty"):
+        services.training.start(cfg(), [], TINY_MODEL_ID)
+    no_caption = [DatasetItem(str(star_folder / "0.png"), "")]
+    with pytest.raises(ValidationError, match="captions missing"):
+        services.training.start(cfg(), no_caption, TINY_MODEL_ID)
+
+
+def test_run_in_background_records_history_and_lora_changes_generation(services, star_folder):
+    items, _ = services.training.load_dataset([str(star_folder)])
+    run_id = services.training.start(cfg(max_steps=30), items, TINY_MODEL_ID)
+    with pytest.raises(BusyError):
+        services.training.start(cfg(name="second"), items, TINY_MODEL_ID)
+    live = wait_for(services, run_id)
+    assert live.status == "done", live.error
+    assert [s for s, _ in live.losses] == list(range(1, 31))
+    assert len(live.validation) == 3 and live.lora_path.endswith("stars.safetensors")
+    record = services.training.list_runs()[0]
+    assert record["status"] == "done" and record["final_loss"] is not None and record["step"] == 30
+    assert (services.settings.data_dir / "training" / "runs" / run_id / "loss.png").exists()
+
+    base = dict(prompt="a star", model=TINY_MODEL_ID, steps=2, width=64, height=64, seed=3, sampler="Euler")
+    plain = services.generation.generate(GenerationRequest(**base)).images[0]
+    tagged = services.generation.generate(GenerationRequest(**dict(base, prompt="a star <lora:stars:1>"))).images[0]
+    again = services.generation.generate(GenerationRequest(**base)).images[0]
+    a, b, c = (np.asarray(Image.open(x.path), dtype=np.float32) for x in (plain, tagged, again))
+    assert np.abs(a - b).mean() > 0.01
+    assert np.array_equal(a, c), "the LoRA is unloaded after the run"
+    assert 'Lora weights: "stars: 1"' in tagged.infotext
+
+    grid = services.training.compare(run_id, "a star", 1, [0.0, 1.0], steps=2)
+    assert grid.width > 128 and grid.height > 64
+
+
+def test_unknown_lora_is_refused(services):
+    with pytest.raises(ValidationError) as err:
+        services.generation.validate(GenerationRequest(prompt="x <lora:nope:1>", model=TINY_MODEL_ID,
+                                                       width=64, height=64))
+    assert err.value.field == "lora"
+
+
+def test_stop_and_resume_continue_the_curve(services, star_folder):
+    items, _ = services.training.load_dataset([str(star_folder)])
+    run_id = services.training.start(cfg(max_steps=400, checkpoint_every=5, validation_every=0), items,
+                                     TINY_MODEL_ID)
+    deadline = time.time() + 120
+    while time.time() < deadline and (services.training.live(run_id).step < 8):
+        time.sleep(0.1)
+    services.training.stop(run_id)
+    live = wait_for(services, run_id)
+    assert live.status == "stopped"
+    stopped_at = live.step
+    services.training.runs.update_where("id", run_id, {"config": {**services.training.list_runs()[0]["config"],
+                                                                  "max_steps": stopped_at + 5}})
+    services.training.resume(run_id)
+    live = wait_for(services, run_id)
+    assert live.status == "done" and [s for s, _ in live.losses] == list(range(1, stopped_at + 6))

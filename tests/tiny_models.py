@@ -1,0 +1,44 @@
+"""Tiny Stable Diffusion components built from configs (as diffusers' own tests do), with an offline tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tiny_sd_components(tmp_dir: Path) -> dict:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from training.builtin_model import write_tokenizer
+
+    vocab_size = write_tokenizer(Path(tmp_dir))
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_dir)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=2, attention_head_dim=2,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, norm_num_groups=2)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+        num_attention_heads=4, num_hidden_layers=5, vocab_size=vocab_size,
+    ))
+    return {"unet": unet, "scheduler": scheduler, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
+
+
+def tiny_sd_pipeline(tmp_dir: Path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**tiny_sd_components(tmp_dir), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
