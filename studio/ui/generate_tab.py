@@ -96,7 +96,7 @@ def create_tab(services) -> dict:
                 status = gr.Markdown("", elem_id="generate-status")
                 preview = gr.Image(label="Live preview", interactive=False, height=256, format="png")
                 gallery = gr.Gallery(label="Output", columns=4, height=420, format="png", elem_id="output-gallery",
-                                     interactive=False)
+                                     interactive=False, preview=False, object_fit="contain")
                 info = gr.Textbox(label="Parameters (A1111 infotext)", lines=4, interactive=False,
                                   elem_id="output-info")
 

@@ -57,10 +57,11 @@ def create_tab(services):
                                          static_columns=[0])
                     grid = gr.Gallery(label="Dataset", columns=8, height=200, interactive=False)
                 with gr.Accordion("2 · Parameters", open=True):
+                    preset = gr.Radio(list(PRESETS), value="quick", label="Preset",
+                                      info="quick / balanced / quality: sets rank, learning rate, steps, batch")
                     with gr.Row():
                         base = gr.Dropdown(model_choices, value=default_model, label="Base model")
                         name = gr.Textbox("my-lora", label="LoRA name")
-                        preset = gr.Radio(list(PRESETS), value="quick", label="Preset")
                     with gr.Row():
                         rank = gr.Slider(1, 128, value=4, step=1, label="Rank")
                         alpha = gr.Slider(1, 128, value=4, step=1, label="Alpha")
@@ -74,9 +75,11 @@ def create_tab(services):
                     with gr.Row():
                         flip = gr.Checkbox(False, label="Random flip")
                         crop = gr.Checkbox(False, label="Random crop")
-                        jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
                         train_te = gr.Checkbox(False, label="Train text encoder")
-                        precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision")
+                    with gr.Row():
+                        jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
+                        precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision",
+                                                info="bf16/fp16 where the device supports it")
                     val_prompts = gr.Textbox(label="Validation prompts (one per line)", lines=2)
                     with gr.Row():
                         val_every = gr.Number(50, label="Validate every N steps", precision=0)
