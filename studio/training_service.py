@@ -212,6 +212,8 @@ class TrainingService:
     def _run(self, run_id: str, trainer: LoraTrainer, stop: threading.Event) -> None:
         live = self._live[run_id]
         live.status = "running"
+        live.log.append(f"{time.strftime('%H:%M:%S')} started: {len(trainer.samples)} images, "
+                        f"{trainer.config.max_steps} steps, rank {trainer.config.rank}")
         self.runs.update_where("id", run_id, {"status": "running"})
         try:
             event = trainer.run(stop)

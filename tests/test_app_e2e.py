@@ -34,6 +34,14 @@ def served(tmp_path_factory, tiny_models_dir):
     demo.close()
 
 
+def require_chromium() -> None:
+    """Fail in CI (launch.sh test installs chromium), skip on a developer machine without it."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Debian chromium is missing: ./launch.sh test installs it")
+        pytest.skip("Debian chromium is not installed")
+
+
 def generate_args(prompt="a red circle", **kw):
     values = dict(model_id=TINY_MODEL_ID, mode_value="txt2img", prompt_text=prompt, negative_text="",
                   sampler_name="Euler", steps_value=2, cfg_value=7, width_value=64, height_value=64,
@@ -86,10 +94,7 @@ def test_two_users_at_once_are_both_served(served):
 
 @pytest.mark.browser
 def test_browser_generates_an_image(served, tmp_path):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("Debian chromium is missing: ./launch.sh test installs it")
-        pytest.skip("Debian chromium is not installed")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     url, _ = served
@@ -116,10 +121,7 @@ def test_browser_generates_an_image(served, tmp_path):
 
 @pytest.mark.browser
 def test_browser_training_plot_gains_points_while_it_runs(served, tmp_path):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("Debian chromium is missing: ./launch.sh test installs it")
-        pytest.skip("Debian chromium is not installed")
+    require_chromium()
     import re
 
     from playwright.sync_api import sync_playwright

@@ -92,8 +92,8 @@ def create_tab(services):
                 plot = gr.LinePlot(curve_frame([]), x="step", y="loss", color="series", height=300,
                                    color_map={"raw": "#c4b5fd", "smoothed": "#6d28d9"}, label="Loss",
                                    elem_id="train-plot", x_title="step", y_title="loss")
-                validation = gr.Gallery(label="Validation images", columns=4, height=220, format="png",
-                                        interactive=False, elem_id="train-validation")
+                validation = gr.Gallery(label="Validation images", columns=6, height=220, format="png",
+                                        interactive=False, elem_id="train-validation", preview=False)
                 log_box = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False, autoscroll=True)
                 with gr.Accordion("Runs", open=True):
                     runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, elem_id="train-runs")
