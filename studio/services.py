@@ -28,6 +28,7 @@ def build_services(settings: Settings) -> Services:
     from studio.jobs import JobRegistry
     from studio.model_service import ModelService
     from studio.stores.gallery_store import GalleryStore
+    from studio.stores.atomic_storage import JsonStore
     from studio.stores.runs_store import RunsStore
     from studio.training_service import TrainingService
 
@@ -43,5 +44,6 @@ def build_services(settings: Settings) -> Services:
     generation = GenerationService(models, gallery, settings.data_dir, device_lock,
                                    settings.max_batch_size, settings.max_batch_count)
     training = TrainingService(RunsStore(settings.data_dir / "db" / "training_runs.json"), settings.data_dir,
-                               settings.models_root / LORA_DIR, models, device_lock)
+                               settings.models_root / LORA_DIR, models, device_lock,
+                               JsonStore(settings.data_dir / "db" / "training_presets.json"))
     return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock)

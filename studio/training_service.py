@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import threading
@@ -57,8 +58,10 @@ class LiveRun:
 class TrainingService:
     """One training at a time in a background thread; every run recorded in the runs store."""
 
-    def __init__(self, runs_store, data_dir: Path, lora_dir: Path, models, device_lock: threading.Lock):
+    def __init__(self, runs_store, data_dir: Path, lora_dir: Path, models, device_lock: threading.Lock,
+                 presets_store=None):
         self.runs = runs_store
+        self.presets_store = presets_store
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "training"
         self.lora_dir = Path(lora_dir)
@@ -106,6 +109,29 @@ class TrainingService:
             return items
         return [replace(i, caption=i.caption if i.caption.startswith(trigger) else
                         f"{trigger}, {i.caption}".strip(", ")) for i in items]
+
+    # ------------------------------------------------------------------ presets
+    def presets(self) -> dict[str, dict]:
+        """Built-in presets, then the user's own (saved ones may not reuse a built-in name)."""
+        saved = {p["name"]: p["params"] for p in self.presets_store.all()} if self.presets_store else {}
+        return {**PRESETS, **saved}
+
+    def save_preset(self, name: str, params: dict) -> None:
+        name = (name or "").strip()
+        if not NAME_RE.match(name) or name in PRESETS:
+            raise ValidationError("preset name must be 1-64 letters, digits, '_', '-' or '.', and not one of "
+                                  f"{', '.join(PRESETS)}", "preset")
+        unknown = set(params) - set(PRESETS["quick"])
+        if unknown:
+            raise ValidationError(f"preset has unknown parameters: {', '.join(sorted(unknown))}", "preset")
+        self.presets_store.remove_where("name", name)
+        self.presets_store.insert({"name": name, "params": params})
+
+    @staticmethod
+    def steps_for_epochs(epochs: float, dataset_size: int, batch_size: int) -> int:
+        """Steps that show every image `epochs` times at this batch size."""
+        epochs = check_range("epochs", epochs, 0.01, 10_000, float)
+        return max(1, math.ceil(epochs * dataset_size / max(1, int(batch_size))))
 
     # ------------------------------------------------------------------ config
     def validate(self, cfg: LoraTrainingConfig, items: list[DatasetItem]) -> LoraTrainingConfig:

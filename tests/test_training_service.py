@@ -122,3 +122,14 @@ def test_stop_and_resume_continue_the_curve(services, star_folder):
     services.training.resume(run_id)
     live = wait_for(services, run_id)
     assert live.status == "done" and [s for s, _ in live.losses] == list(range(1, stopped_at + 6))
+
+
+def test_user_presets_and_epochs(services):
+    services.training.save_preset("mine", {"rank": 12, "learning_rate": 3e-4})
+    assert services.training.presets()["mine"] == {"rank": 12, "learning_rate": 3e-4}
+    assert {"quick", "balanced", "quality", "mine"} <= set(services.training.presets())
+    with pytest.raises(ValidationError):
+        services.training.save_preset("quick", {"rank": 1})
+    with pytest.raises(ValidationError):
+        services.training.save_preset("bad", {"colour": 1})
+    assert services.training.steps_for_epochs(2, 30, 4) == 15

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.errors import ValidationError
-from studio.training_service import PRESETS, DatasetItem
+from studio.training_service import DatasetItem
 from studio.ui.errors import user_errors
 from training.curves import smooth
 from training.lora_trainer import LR_SCHEDULERS, PRECISIONS, LoraTrainingConfig
@@ -57,8 +57,11 @@ def create_tab(services):
                                          static_columns=[0])
                     grid = gr.Gallery(label="Dataset", columns=8, height=200, interactive=False)
                 with gr.Accordion("2 · Parameters", open=True):
-                    preset = gr.Radio(list(PRESETS), value="quick", label="Preset",
-                                      info="quick / balanced / quality: sets rank, learning rate, steps, batch")
+                    with gr.Row():
+                        preset = gr.Dropdown(list(training.presets()), value="quick", label="Preset", scale=3,
+                                             info="quick / balanced / quality or your own: sets rank, lr, steps…")
+                        preset_name = gr.Textbox(label="Save current settings as preset", scale=2)
+                        save_preset = gr.Button("Save preset", scale=1)
                     with gr.Row():
                         base = gr.Dropdown(model_choices, value=default_model, label="Base model")
                         name = gr.Textbox("my-lora", label="LoRA name")
@@ -69,6 +72,7 @@ def create_tab(services):
                         scheduler = gr.Dropdown(list(LR_SCHEDULERS), value="constant", label="LR scheduler")
                     with gr.Row():
                         steps = gr.Number(150, label="Steps", precision=0)
+                        epochs = gr.Number(0, label="…or epochs (0 = use steps)")
                         batch = gr.Slider(1, 32, value=4, step=1, label="Batch size")
                         resolution = gr.Slider(64, 1024, value=128, step=64, label="Resolution (aspect buckets)")
                         seed = gr.Number(0, label="Seed", precision=0)
@@ -162,15 +166,31 @@ def create_tab(services):
     table.input(on_table_edit, [table, items_state], items_state)
 
     def on_preset(name):
-        p = PRESETS[name]
+        p = training.presets().get(name)
+        if p is None:
+            return [gr.update()] * 8
         return (p["rank"], p["alpha"], p["learning_rate"], p["lr_scheduler"], p["max_steps"], p["batch_size"],
                 p["validation_every"], p["checkpoint_every"])
 
     preset.change(on_preset, preset, [rank, alpha, lr, scheduler, steps, batch, val_every, ck_every], queue=False)
 
     @user_errors
-    def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, batch_v, res_v, seed_v,
-                 flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v):
+    def on_save_preset(preset_label, rank_v, alpha_v, lr_v, sched_v, steps_v, batch_v, val_v, ck_v):
+        params = {"rank": int(rank_v), "alpha": float(alpha_v), "learning_rate": float(lr_v or 0),
+                  "lr_scheduler": sched_v, "max_steps": int(steps_v or 0), "batch_size": int(batch_v),
+                  "validation_every": int(val_v or 0), "checkpoint_every": int(ck_v or 0)}
+        training.save_preset(preset_label, params)
+        gr.Info(f"Preset {preset_label.strip()} saved")
+        return gr.update(choices=list(training.presets()), value=preset_label.strip())
+
+    save_preset.click(on_save_preset, [preset_name, rank, alpha, lr, scheduler, steps, batch, val_every, ck_every],
+                      preset, queue=False)
+
+    @user_errors
+    def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
+                 seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v):
+        if epochs_v:
+            steps_v = training.steps_for_epochs(epochs_v, len(items), batch_v)
         cfg = LoraTrainingConfig(
             base_model="", name=(lora_name or "").strip(), rank=rank_v, alpha=alpha_v, learning_rate=lr_v,
             lr_scheduler=sched_v, max_steps=steps_v or 0, batch_size=batch_v, resolution=res_v, seed=seed_v or 0,
@@ -184,7 +204,7 @@ def create_tab(services):
         gr.Info(f"Training started: run {run_id}")
         return run_id
 
-    train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, batch, resolution, seed,
+    train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every],
                 current, api_name="train")
 
