@@ -159,14 +159,123 @@ def bench_adherence(tmp: Path, limit: int | None) -> None:
     _line("mean seconds per image (target <= 1 s)", f"{statistics.mean(seconds):.3f}")
 
 
+def _score_model(pipe, prompts) -> dict[str, float]:
+    import torch
+
+    from training.evaluator import evaluate
+
+    pairs = []
+    for prompt, seed in prompts:
+        image = pipe(prompt, num_inference_steps=20, width=128, height=128,
+                     generator=torch.Generator().manual_seed(seed)).images[0]
+        pairs.append((prompt, image))
+    return evaluate(pairs)
+
+
+def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int) -> float:
+    """Seconds per step of a plain peft + diffusers LoRA loop on the same data (the reference)."""
+    import numpy as np
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from peft import LoraConfig
+    from PIL import Image
+
+    pipe = StableDiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                     target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    images = [torch.from_numpy(np.asarray(Image.open(s.image_path).convert("RGB"), dtype=np.float32) / 127.5 - 1)
+              .permute(2, 0, 1) for s in samples]
+    times = []
+    for step in range(steps):
+        t0 = time.perf_counter()
+        idx = [(step * batch + i) % len(samples) for i in range(batch)]
+        with torch.no_grad():
+            lat = pipe.vae.encode(torch.stack([images[i] for i in idx])).latent_dist.sample()
+            lat = lat * pipe.vae.config.scaling_factor
+        ids = pipe.tokenizer([samples[i].caption for i in idx], padding="max_length", truncation=True,
+                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        noise = torch.randn_like(lat)
+        t = torch.randint(0, 1000, (batch,))
+        target = noise_sched.get_velocity(lat, noise, t) if noise_sched.config.prediction_type == "v_prediction" \
+            else noise
+        pred = pipe.unet(noise_sched.add_noise(lat, noise, t), t, pipe.text_encoder(ids)[0]).sample
+        loss = torch.nn.functional.mse_loss(pred, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:])
+
+
+def bench_lora(tmp: Path, minutes: float) -> None:
+    """Teach the held-out "star" to the built-in model with a LoRA; scores before/after, speed vs a bare loop."""
+    import threading
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from training.evaluator import concept_prompt_set, heldout_prompt_set, parse_prompt
+    from training.lora_trainer import LoraTrainer, LoraTrainingConfig, TrainingSample
+    from training.world import concept_scene, render
+
+    print(f"LoRA: teach the held-out 'star' ({minutes:g} min of training, 30 images)", flush=True)
+    data = tmp / "stars"
+    data.mkdir(parents=True)
+    samples = []
+    for seed in range(30):
+        scene = concept_scene(seed, "star")
+        render(scene).save(data / f"{seed}.png")
+        samples.append(TrainingSample(str(data / f"{seed}.png"), scene.caption))
+    stars = concept_prompt_set("star", 24)
+    others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:24]
+    pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    before_star, before_other = _score_model(pipe, stars), _score_model(pipe, others)
+
+    cfg = LoraTrainingConfig(base_model=str(BUILTIN_MODEL_DIR), name="star", rank=8, alpha=8, learning_rate=1e-3,
+                             max_steps=1_000_000, batch_size=8, resolution=128, checkpoint_every=0,
+                             validation_every=0, train_text_encoder=True, seed=0)
+    stop = threading.Event()
+    timer = threading.Timer(minutes * 60, stop.set)
+    trainer = LoraTrainer(cfg, samples, tmp / "lora-run")
+    timer.start()
+    result = trainer.run(stop)
+    timer.cancel()
+    steps_per_s = result.step / result.seconds
+    pipe.load_lora_weights(result.path)
+    after_star, after_other = _score_model(pipe, stars), _score_model(pipe, others)
+    for label, before, after in (("star prompts", before_star, after_star),
+                                 ("other concepts", before_other, after_other)):
+        _line(f"{label} overall before -> after", f"{before['overall']:.3f} -> {after['overall']:.3f}")
+        for cat in ("colour", "shape", "background", "size", "position"):
+            if cat in after:
+                _line(f"  {cat}", f"{before.get(cat, 0):.3f} -> {after[cat]:.3f}")
+    _line("training steps / s (batch 8, 128x128)", f"{steps_per_s:.2f} ({result.step} steps)")
+    short = LoraTrainingConfig(**{**cfg.__dict__, "max_steps": 12, "train_text_encoder": False})
+    probe = LoraTrainer(short, samples, tmp / "lora-probe")
+    stamps = []
+    probe.on_event = lambda e: stamps.append(time.perf_counter()) if e.kind == "step" else None
+    probe.run()
+    ours = statistics.median([b - a for a, b in zip(stamps[2:], stamps[3:])])
+    bare = _bare_lora_steps(BUILTIN_MODEL_DIR, samples, 12, 8, 8)
+    _line("step time studio trainer / bare peft loop (target <= 1.1)", f"{ours / bare:.3f} "
+          f"({ours * 1000:.0f} ms vs {bare * 1000:.0f} ms)")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, 10k gallery, 40 prompts")
-    p.add_argument("--skip", default="", help="comma list of: generation,cache,coldstart,gallery,adherence")
+    p.add_argument("--skip", default="", help="comma list of: generation,cache,coldstart,gallery,adherence,lora")
+    p.add_argument("--lora-minutes", type=float, default=15.0, help="LoRA proof training time")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
-        skip |= {"generation", "cache", "adherence"}
+        skip |= {"generation", "cache", "adherence", "lora"}
         print("built-in model not installed: generation, cache and adherence skipped")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -176,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             ("coldstart", lambda: bench_cold_start(tmp)),
             ("gallery", lambda: bench_gallery(tmp, 10_000 if args.quick else 100_000)),
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
+            ("lora", lambda: bench_lora(tmp / "l", 1.0 if args.quick else args.lora_minutes)),
         ]
         for name, run in sections:
             if name not in skip:
