@@ -217,6 +217,13 @@ class TrainingService:
                     self._stop[rid].set()
             return bool(targets)
 
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop any running training and wait for its thread (it keeps a checkpoint of its last step)."""
+        self.stop()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
     def _launch(self, run_id: str, cfg: LoraTrainingConfig, samples: list[TrainingSample]) -> None:
         run_dir = self.root / "runs" / run_id
         live = LiveRun(run_id, cfg.name, cfg.max_steps)

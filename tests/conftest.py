@@ -41,7 +41,9 @@ def make_settings(tmp_path: Path, models_dir: Path, **overrides) -> Settings:
 def services(tmp_path, tiny_models_dir):
     from studio.services import build_services
 
-    return build_services(make_settings(tmp_path, tiny_models_dir))
+    built = build_services(make_settings(tmp_path, tiny_models_dir))
+    yield built
+    built.training.shutdown()
 
 
 @pytest.fixture(scope="session")

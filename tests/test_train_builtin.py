@@ -19,7 +19,7 @@ def test_short_training_lowers_loss_resumes_and_exports(tmp_path):
               "--num-scenes", "64", "--snapshot-minutes", "100", "--threads", "2"]
     main(common + ["--vae-minutes", "0.25", "--unet-minutes", "0.05"])
     vae = read_losses(work / "vae_loss.csv")
-    assert len(vae) >= 4 and sum(vae[-3:]) < sum(vae[:3])
+    assert len(vae) >= 3 and sum(vae[-3:]) < sum(vae[:3])
     state = json.loads((work / "state.json").read_text())
     first_steps = state["unet_step"]
     assert first_steps >= 1 and (out / "model_index.json").exists()
