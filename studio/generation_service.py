@@ -187,10 +187,10 @@ class GenerationService:
                     first = len(saved)
 
                     def step(update: StepUpdate, first=first):
-                        if on_progress:
-                            on_progress(first, total, update)
+                        on_progress(first, total, update)
 
-                    images = run_pipeline(pipe, call, self.models.device.device, cancel, step, preview_every)
+                    images = run_pipeline(pipe, call, self.models.device.device, cancel,
+                                          step if on_progress else None, preview_every)
                     for image, seed in zip(images, seeds):
                         saved.append(self._save(req, image, seed, model_hash, job_id))
             finally:

@@ -59,15 +59,25 @@ class ModelService:
             return load_pipeline(source, self.device, self.offline)
 
         try:
-            if kind == "txt2img":
-                ctx = self.cache.use(base_key, loader)
-            else:
-                ctx = self.cache.use((source.id, kind), loader, parent=base_key,
-                                     derive=lambda base: derive_pipeline(base, kind))
-            with ctx as pipe:
+            with self._use(source.id, kind, loader) as pipe:
+                self._derive_every_mode(source.id, loader)
                 yield pipe
         except ModelLoadError as exc:
             raise StudioError(str(exc), "model") from exc
+
+    def _use(self, model_id: str, kind: str, loader):
+        base_key = (model_id, "txt2img")
+        if kind == "txt2img":
+            return self.cache.use(base_key, loader)
+        return self.cache.use((model_id, kind), loader, parent=base_key,
+                              derive=lambda base: derive_pipeline(base, kind))
+
+    def _derive_every_mode(self, model_id: str, loader) -> None:
+        """Build img2img/inpaint views right after a load, so switching mode later is a cache hit."""
+        for kind in PIPELINE_KINDS:
+            if (model_id, kind) not in self.cache:
+                with self._use(model_id, kind, loader):
+                    pass
 
     def model_hash(self, model_id: str) -> str:
         """A1111-style short sha256 of the model's weights file (UNet file for diffusers folders)."""
