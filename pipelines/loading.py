@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from pipelines.devices import DeviceChoice
 from pipelines.registry import ModelSource
 
@@ -12,8 +14,36 @@ class ModelLoadError(RuntimeError):
     """A model exists but could not be loaded (corrupt, wrong format, missing files, offline download)."""
 
 
-def load_pipeline(source: ModelSource, device: DeviceChoice, offline: bool = False):
-    """Load the txt2img pipeline of a model onto the chosen device; raise ModelLoadError with the cause."""
+def download_progress_class(report: Callable[[int, int], None]):
+    """A tqdm class for huggingface_hub downloads that reports (bytes done, bytes total) of all files."""
+    from tqdm.auto import tqdm
+
+    class Reporting(tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            self._bytes_done = getattr(self, "_bytes_done", 0) + (n or 0)
+            total = getattr(self, "total", None)
+            if getattr(self, "unit", "B") == "B" and total:
+                report(int(self._bytes_done), int(total))
+            return out
+
+    return Reporting
+
+
+def fetch_hub_model(repo: str, offline: bool, report: Callable[[int, int], None] | None = None) -> str:
+    """Download (or find in the local cache) a Hugging Face repo; returns its local folder."""
+    from huggingface_hub import snapshot_download
+
+    kwargs = {"tqdm_class": download_progress_class(report)} if report else {}
+    return snapshot_download(repo, local_files_only=offline,
+                             allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors"], **kwargs)
+
+
+def load_pipeline(source: ModelSource, device: DeviceChoice, offline: bool = False,
+                  report: Callable[[int, int], None] | None = None):
+    """Load the txt2img pipeline of a model onto the chosen device; raise ModelLoadError with the cause.
+
+    `report(done, total)` receives download progress in bytes for Hugging Face ids."""
     import diffusers
 
     kwargs = {"torch_dtype": device.dtype}
@@ -25,8 +55,8 @@ def load_pipeline(source: ModelSource, device: DeviceChoice, offline: bool = Fal
                    else diffusers.StableDiffusionPipeline)
             pipe = cls.from_single_file(source.location, local_files_only=offline, **kwargs)
         elif source.kind == "hub":
-            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
-                source.location, local_files_only=offline, **kwargs)
+            folder = fetch_hub_model(source.location, offline, report)
+            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(folder, local_files_only=True, **kwargs)
         else:
             raise ModelLoadError(f"unknown model kind {source.kind!r}")
     except ModelLoadError:

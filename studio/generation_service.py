@@ -72,7 +72,8 @@ class GenerationResult:
         return f"{done} image{'s' if done != 1 else ''} in {self.seconds:.1f} s"
 
 
-ProgressFn = Callable[[int, int, StepUpdate], None]  # (image index, images requested, step update)
+# (image index, images requested, step update); index -1 = model download, step/total in bytes
+ProgressFn = Callable[[int, int, StepUpdate], None]
 
 
 class GenerationService:
@@ -171,7 +172,11 @@ class GenerationService:
         saved: list[SavedImage] = []
         start = time.perf_counter()
         model_hash = self.models.model_hash(req.model)
-        with self.device_lock, self.models.pipeline(req.model, req.mode) as pipe:
+        def download(done: int, size: int) -> None:
+            if on_progress:
+                on_progress(-1, total, StepUpdate(done, size))
+
+        with self.device_lock, self.models.pipeline(req.model, req.mode, download) as pipe:
             original_scheduler = pipe.scheduler
             prompt, _ = extract_lora_tags(req.prompt)
             try:

@@ -48,15 +48,17 @@ class ModelService:
             raise ValidationError(str(exc).strip("'\""), "model") from None
 
     @contextmanager
-    def pipeline(self, model_id: str, kind: str = "txt2img") -> Iterator[object]:
-        """Yield the model's pipeline of `kind`, loading on a miss; pinned in the cache while inside."""
+    def pipeline(self, model_id: str, kind: str = "txt2img", report=None) -> Iterator[object]:
+        """Yield the model's pipeline of `kind`, loading on a miss; pinned in the cache while inside.
+
+        `report(done, total)` gets download progress (bytes) when a Hugging Face model is fetched."""
         if kind not in PIPELINE_KINDS:
             raise ValidationError(f"mode must be one of {', '.join(PIPELINE_KINDS)}; got {kind!r}", "mode")
         source = self.resolve(model_id)
         base_key = (source.id, "txt2img")
 
         def loader():
-            return load_pipeline(source, self.device, self.offline)
+            return load_pipeline(source, self.device, self.offline, report)
 
         try:
             with self._use(source.id, kind, loader) as pipe:

@@ -61,3 +61,29 @@ def test_hub_ids_offline_and_online(tmp_path):
     assert (source.kind, source.location, source.family) == ("hub", "stabilityai/sdxl-turbo", "sdxl")
     with pytest.raises(ValueError):
         online.resolve("not a model id")
+
+
+def test_hub_download_reports_progress_and_loads_from_the_fetched_folder(tmp_path, tiny_models_dir, monkeypatch):
+    """A Hugging Face id is fetched with byte progress, then loaded from the local folder (no network here)."""
+    import huggingface_hub
+
+    from pipelines.devices import choose_device
+    from pipelines.loading import load_pipeline
+    from pipelines.registry import ModelSource
+
+    folder = str(tiny_models_dir / "Stable-diffusion" / "tiny-sd")
+
+    def fake_snapshot_download(repo, local_files_only, allow_patterns, tqdm_class=None):
+        assert repo == "owner/tiny" and not local_files_only
+        bar = tqdm_class(total=1000, unit="B", disable=True)
+        for _ in range(4):
+            bar.update(250)
+        bar.close()
+        return folder
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    seen = []
+    pipe = load_pipeline(ModelSource("hf:owner/tiny", "hub", "owner/tiny"), choose_device("cpu", "float32"),
+                         offline=False, report=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (1000, 1000) and len(seen) == 4
+    assert pipe.unet is not None

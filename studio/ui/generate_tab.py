@@ -188,6 +188,11 @@ def create_tab(services) -> dict:
                     index, total, update = updates.get(timeout=0.1)
                 except queue.Empty:
                     continue
+                if index < 0:
+                    progress(update.step / max(1, update.total), desc="Downloading model")
+                    yield gr.update(), gr.update(), gr.update(), \
+                        f"Downloading model… {update.step / 2**20:.0f} of {update.total / 2**20:.0f} MB"
+                    continue
                 done = index * total_steps + update.step
                 progress(done / max(1, total * total_steps), desc=f"image {index + 1}/{total}")
                 if update.preview is not None:
