@@ -1,11 +1,12 @@
-"""GenEval-style prompt adherence for the shapes world: read a generated image back and score it against its prompt.
+"""GenEval-style prompt adherence for the shapes world: read a generated image back and score it.
 
-    parse_prompt(text)   -> PromptSpec: background colour/pattern, objects (shape, colour, size, position), count, kind
+    parse_prompt(text)   -> PromptSpec: background colour/pattern, objects (shape, colour, size, position),
+                            expected count, kind (single / two / count)
     analyse_image(img)   -> ImageAnalysis: background colour/pattern and the objects found (same attributes)
-    score(prompt, img)   -> {"colour", "shape", "background", "size", "position", "two_objects", "counting"} in 0..1
-                            (only the categories the prompt specifies) plus "overall", their mean
-    evaluate(pairs)      -> each category averaged over the images that have it, "overall" averaged over all images
-    heldout_prompt_set() -> fixed (prompt, seed) benchmark: base concepts only, 40% phrasings training never uses
+    score(prompt, img)   -> {"colour", "shape", "background", "size", "position", "two_objects", "counting"}
+                            in 0..1 (only the categories the prompt specifies) plus "overall", their mean
+    evaluate(pairs)      -> each category averaged over the images that have it, "overall" over all images
+    heldout_prompt_set() -> fixed (prompt, seed) benchmark: base concepts, 40% phrasings training never uses
     concept_prompt_set() -> single-object prompts featuring a held-out shape (to measure what a LoRA taught)
 
 Everything is rule-based and uses the world's own vocabulary and geometry (training/world.py), so ground-truth
@@ -23,42 +24,47 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from training.world import (BASE_SHAPES, COLOURS, COUNT_WORDS, IMAGE_SIZE, PATTERN_TINT, POSITIONS, SHAPES, SIZES,
-                            Scene, ShapeObject, _tint, concept_scene, sample_scene)
+from training.world import (BASE_PATTERNS, BASE_SHAPES, COLOURS, COUNT_WORDS, IMAGE_SIZE, PATTERN_TINT,
+                            POSITIONS, SHAPES, SIZES, Scene, ShapeObject, _tint, concept_scene, sample_scene)
 
 CATEGORIES = ("colour", "shape", "background", "size", "position", "two_objects", "counting")
 COLOUR_NAMES = tuple(COLOURS)
 PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
 TINTS = np.array([_tint(COLOURS[c], PATTERN_TINT) for c in COLOUR_NAMES], dtype=np.float32)
 
-# ---------------------------------------------------------------- vocabulary (world words plus common synonyms)
+# ---------------------------------------------------------------- vocabulary (world words plus synonyms)
 
 COLOUR_WORDS = {**{c: c for c in COLOURS}, "violet": "purple"}
 SHAPE_WORDS = {**{s: s for s in SHAPES}, **{s + "s": s for s in SHAPES}}
 PLURAL_SHAPE_WORDS = {s + "s" for s in SHAPES}
-GENERIC_NOUNS = {"shape": False, "shapes": True, "object": False, "objects": True, "thing": False, "things": True}
-SIZE_WORDS = {"small": "small", "tiny": "small", "little": "small", "large": "large", "big": "large", "huge": "large"}
+GENERIC_NOUNS = {"shape": False, "shapes": True, "object": False, "objects": True, "thing": False,
+                 "things": True}  # noun -> plural
+SIZE_WORDS = {"small": "small", "tiny": "small", "little": "small", "large": "large", "big": "large",
+              "huge": "large"}
 POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "upper": "top", "bottom": "bottom",
-                  "lower": "bottom", "center": "center", "centre": "center", "middle": "center", "central": "center",
-                  "centered": "center", "centred": "center"}
+                  "lower": "bottom", "center": "center", "centre": "center", "middle": "center",
+                  "central": "center", "centered": "center", "centred": "center"}
 RELATION_WORDS = {"above": ("top", "bottom"), "below": ("bottom", "top"), "under": ("bottom", "top"),
                   "beneath": ("bottom", "top"), "underneath": ("bottom", "top")}
 NUMBER_WORDS = {**{w: n for n, w in COUNT_WORDS.items()}, "four": 4, "five": 5, "single": 1, "pair": 2,
                 **{str(n): n for n in range(1, 10)}}
-PATTERN_WORDS = {"plain": "plain", "solid": "plain", "striped": "striped", "stripes": "striped", "stripy": "striped",
-                 "stripe": "striped", "dotted": "dotted", "dots": "dotted", "dot": "dotted", "spotted": "dotted",
-                 "polka": "dotted"}
+PATTERN_WORDS = {"plain": "plain", "solid": "plain", "striped": "striped", "stripes": "striped",
+                 "stripy": "striped", "stripe": "striped", "dotted": "dotted", "dots": "dotted",
+                 "dot": "dotted", "spotted": "dotted", "polka": "dotted"}
 BACKGROUND_WORDS = {"background", "backgrounds", "backdrop", "bg"}
 CLAUSE_BREAKS = {",", ";", ".", ":", "and", "with", "while", "plus"}
 ARTICLES = {"a", "an", "the"}
+LINKING_WORDS = {"is", "of", "colour", "color", ":", "in", "coloured", "colored"}  # "background is blue"
 
 # ---------------------------------------------------------------- analysis constants (128x128 working size)
 
 MIN_COMPONENT_PX = 30              # smaller components are noise
+MIN_CORE_PX = 12                   # ... and so are components with less left after a 2-pixel erosion
 FOREGROUND_MIN_DIST = 40.0         # RGB distance a foreground pixel keeps from the background..tint segment
 SIZE_SPLIT = (SIZES["small"] + SIZES["large"]) / 2   # radius threshold between small and large
 # area of each world shape in units of r^2 (geometry of world._shape_points), to turn area into a radius
-AREA_PER_R2 = {"circle": np.pi, "square": 1.72 ** 2, "triangle": 0.5 * 1.9 * 1.75, "star": 5 * 0.45 * np.sin(np.pi / 5)}
+AREA_PER_R2 = {"circle": np.pi, "square": 1.72 ** 2, "triangle": 0.5 * 1.9 * 1.75,
+               "star": 5 * 0.45 * np.sin(np.pi / 5)}
 # template outlines normalised to their bounding box (0..1), used for shape classification by IoU
 _STAR = [(0.5 + 0.5 * (1 if i % 2 == 0 else 0.45) * np.cos(-np.pi / 2 + i * np.pi / 5) / np.cos(np.pi / 10),
           ((1 if i % 2 == 0 else 0.45) * np.sin(-np.pi / 2 + i * np.pi / 5) + 1) / (1 + np.cos(np.pi / 5)))
@@ -113,12 +119,12 @@ def _find_background(tokens: list[str], nouns: set[int]) -> tuple[str | None, se
         if tok not in BACKGROUND_WORDS:
             continue
         j = b - 1
-        while j >= 0 and (tokens[j] in skip or colour_at(j)):  # "a striped blue background", "blue striped bg"
+        while j >= 0 and (tokens[j] in skip or colour_at(j)):  # "a striped blue background"
             if colour_at(j):
                 return COLOUR_WORDS[tokens[j]], {j}
             j -= 1
         j = b + 1
-        while j < len(tokens) and tokens[j] in skip | {"is", "of", "colour", "color", ":", "in", "coloured", "colored"}:
+        while j < len(tokens) and (tokens[j] in skip or tokens[j] in LINKING_WORDS):
             j += 1
         if colour_at(j) and j + 1 not in nouns:  # "background: blue", "background is blue"
             return COLOUR_WORDS[tokens[j]], {j}
@@ -138,9 +144,9 @@ def _find_background(tokens: list[str], nouns: set[int]) -> tuple[str | None, se
 
 
 def _attach(j: int, nouns: list[int], clause: list[int], forward_first: bool) -> int | None:
-    """Index into `nouns` of the object a modifier at token j belongs to. Adjectives/numbers look forward in their
-    clause first ("a red circle"), position words look back first ("a circle on the left"); a clause with no noun
-    ("red square, left side") attaches to the previous object, else the next one."""
+    """Index into `nouns` of the object the modifier at token j belongs to. Adjectives and numbers look
+    forward in their clause first ("a red circle"), position words look back first ("a circle on the
+    left"); a clause with no noun ("red square, left side") attaches to the previous object, else the next."""
     same = [k for k, n in enumerate(nouns) if clause[n] == clause[j]]
     before = [k for k in same if nouns[k] < j]
     after = [k for k in same if nouns[k] > j]
@@ -158,8 +164,8 @@ def parse_prompt(prompt: str) -> PromptSpec:
     Object nouns are shape words (and generic "shape"/"object" right after an attribute); colours, sizes and
     numbers attach to the noun they modify, positions to the noun they describe, "X above/below Y" and
     "X (to the) left/right of Y" set both positions; the background is "<colour> background", "background is
-    <colour>" or "on <colour>". With two or more nouns the kind is "two"; one noun with a number or in the plural
-    is "count"; otherwise "single"."""
+    <colour>" or "on <colour>". With two or more nouns the kind is "two"; one noun with a number or in the
+    plural is "count"; otherwise "single"."""
     tokens = _tokens(prompt)
     modifiers = set(COLOUR_WORDS) | set(SIZE_WORDS) | set(NUMBER_WORDS)
     nouns = [i for i, t in enumerate(tokens)
@@ -202,7 +208,8 @@ def parse_prompt(prompt: str) -> PromptSpec:
                 continue  # "top left" corner: the world only has left/right there
             put(_attach(j, nouns, clause, False), "position", POSITION_WORDS[tok])
     objects = tuple(ObjectSpec(**a) for a in attrs)
-    plural = len(nouns) == 1 and (tokens[nouns[0]] in PLURAL_SHAPE_WORDS or GENERIC_NOUNS.get(tokens[nouns[0]]))
+    plural = len(nouns) == 1 and (tokens[nouns[0]] in PLURAL_SHAPE_WORDS
+                                  or GENERIC_NOUNS.get(tokens[nouns[0]], False))
     if len(objects) >= 2:
         kind, count = "two", len(objects)
     elif objects and (counts[0] is not None or plural):
@@ -263,9 +270,9 @@ def _template_mask(name: str, w: int, h: int, ss: int = 4) -> np.ndarray:
 
 
 def classify_shape(mask: np.ndarray) -> str:
-    """Shape of a binary blob: the template (circle, square, triangle, star) with the best IoU inside its bounding
-    box. On world renders the right template scores ~0.9+ and the runner-up <= ~0.8 (square vs circle ~0.79,
-    triangle vs star ~0.7), and squashed or rounded generated blobs still land on the closest shape."""
+    """Shape of a binary blob: the template (circle, square, triangle, star) with the best IoU when stretched
+    to the blob's bounding box. On world renders the right template scores >= 0.87 and any other <= 0.82
+    (square vs circle is the closest call); squashed or rounded generated blobs land on the nearest shape."""
     ys, xs = np.nonzero(mask)
     crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
     h, w = crop.shape
@@ -286,36 +293,57 @@ def _pattern(pixels: np.ndarray, bg: np.ndarray, tint: np.ndarray, keep: np.ndar
     return "striped" if (columns > 0.7).mean() > 0.2 else "dotted"
 
 
+def _describe(comp: np.ndarray, colour: int) -> DetectedObject:
+    shape = classify_shape(comp)
+    ys, xs = np.nonzero(comp)
+    cx, cy = float(xs.mean()), float(ys.mean())
+    position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] * IMAGE_SIZE - cx) ** 2
+                   + (POSITIONS[p][1] * IMAGE_SIZE - cy) ** 2)
+    radius = np.sqrt(comp.sum() / AREA_PER_R2[shape])
+    return DetectedObject(shape, COLOUR_NAMES[colour], "small" if radius < SIZE_SPLIT else "large", position,
+                          int(comp.sum()), (cx, cy))
+
+
+def _is_object(comp: np.ndarray) -> bool:
+    """Big enough, and not too thin: the halos a generator leaves around shapes survive an opening but not a
+    2-pixel erosion."""
+    return comp.sum() >= MIN_COMPONENT_PX and ndimage.binary_erosion(comp, iterations=2).sum() >= MIN_CORE_PX
+
+
+def _read_objects(px: np.ndarray, comp: np.ndarray, bg: int) -> list[DetectedObject]:
+    """The objects in one foreground component: its colour is the median of its core, then it is re-cut as
+    the pixels nearer that colour than the background (drops halos, keeps edges, splits haloed neighbours)."""
+    if not _is_object(comp):
+        return []
+    colour = int(_nearest(np.median(px[ndimage.binary_erosion(comp, iterations=2)], 0), PALETTE)[0])
+    if colour == bg:
+        return [_describe(comp, colour)]
+    mine = np.linalg.norm(px - PALETTE[colour], axis=-1) < _segment_distance(px, PALETTE[bg], TINTS[bg])[0]
+    parts, count = ndimage.label(mine & ndimage.binary_dilation(comp, iterations=2))
+    pieces = [ndimage.binary_fill_holes(parts == k) for k in range(1, count + 1)]
+    pieces = [p for p in pieces if _is_object(p)]
+    return [_describe(p, colour) for p in pieces] if pieces else [_describe(comp, colour)]
+
+
 def analyse_image(img: Image.Image) -> ImageAnalysis:
-    """Background colour (dominant palette colour on the border, pattern tints counted as their colour) and pattern,
-    then every connected blob that is clearly not background, with its colour, shape, size and position."""
+    """Background colour (dominant palette colour on the border, pattern tints counted as their colour) and
+    pattern, then every connected blob that is clearly not background: colour, shape, size, position.
+    Any image size works (it is resized to the world's 128x128 first)."""
     img = img.convert("RGB")
     if img.size != (IMAGE_SIZE, IMAGE_SIZE):
         img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
     px = np.asarray(img, dtype=np.float32)
     both = np.concatenate([PALETTE, TINTS])
     label = _nearest(px, both)[0] % len(COLOUR_NAMES)  # tints count as their base colour
-    border = np.concatenate([label[:2].ravel(), label[-2:].ravel(), label[:, :2].ravel(), label[:, -2:].ravel()])
+    border = np.concatenate([label[:2].ravel(), label[-2:].ravel(), label[:, :2].ravel(),
+                             label[:, -2:].ravel()])
     bg = int(np.bincount(border, minlength=len(COLOUR_NAMES)).argmax())
     off_bg = (label != bg) & (_segment_distance(px, PALETTE[bg], TINTS[bg])[0] > FOREGROUND_MIN_DIST)
     mask = ndimage.binary_fill_holes(ndimage.binary_opening(off_bg))
     components, n = ndimage.label(mask)
     objects = []
     for i in range(1, n + 1):
-        comp = components == i
-        area = int(comp.sum())
-        if area < MIN_COMPONENT_PX:
-            continue
-        core = ndimage.binary_erosion(comp, iterations=2)  # away from anti-aliased edges and halos
-        colour = COLOUR_NAMES[_nearest(np.median(px[core if core.sum() >= 5 else comp], 0), PALETTE)[0]]
-        shape = classify_shape(comp)
-        ys, xs = np.nonzero(comp)
-        cx, cy = float(xs.mean()), float(ys.mean())
-        position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] * IMAGE_SIZE - cx) ** 2
-                       + (POSITIONS[p][1] * IMAGE_SIZE - cy) ** 2)
-        radius = np.sqrt(area / AREA_PER_R2[shape])
-        objects.append(DetectedObject(shape, colour, "small" if radius < SIZE_SPLIT else "large", position, area,
-                                      (cx, cy)))
+        objects += _read_objects(px, components == i, bg)
     keep = ~ndimage.binary_dilation(mask, iterations=2)
     pattern = _pattern(px, PALETTE[bg], TINTS[bg], keep)
     return ImageAnalysis(COLOUR_NAMES[bg], pattern, tuple(sorted(objects, key=lambda o: -o.area)))
@@ -350,19 +378,20 @@ def _two_objects_ok(found: tuple[DetectedObject, ...], a: ObjectSpec, b: ObjectS
 def score(prompt: str, img: Image.Image) -> dict[str, float]:
     """Per-category adherence (0 or 1) for the categories the prompt specifies, plus "overall" (their mean).
 
-    background: colour (and the pattern, when the prompt names one); single-object prompts: colour, shape, size and
-    position of the largest object; two objects: "two_objects"; counts: "counting" (number of objects right and
-    every one of the asked shape/colour; an unspecified plural needs >= 2)."""
+    background: colour (and the pattern, when the prompt names one); single-object prompts: colour, shape,
+    size and position of the largest object; two objects: "two_objects"; counts: "counting" (number of
+    objects right and every one of the asked shape/colour; an unspecified plural needs >= 2)."""
     spec = parse_prompt(prompt)
     found = analyse_image(img)
     out: dict[str, float] = {}
-    if spec.background:
-        out["background"] = float(found.background == spec.background and spec.pattern in (None, found.pattern))
+    if spec.background or spec.pattern:
+        out["background"] = float(spec.background in (None, found.background)
+                                  and spec.pattern in (None, found.pattern))
     if spec.kind == "single" and spec.objects:
         want, obj = spec.objects[0], (found.objects[0] if found.objects else None)
-        for cat, attr in (("colour", "colour"), ("shape", "shape"), ("size", "size"), ("position", "position")):
-            if getattr(want, attr) is not None:
-                out[cat] = float(obj is not None and getattr(obj, attr) == getattr(want, attr))
+        for cat in ("colour", "shape", "size", "position"):
+            if getattr(want, cat) is not None:
+                out[cat] = float(obj is not None and getattr(obj, cat) == getattr(want, cat))
     elif spec.kind == "two":
         out["two_objects"] = float(_two_objects_ok(found.objects, spec.objects[0], spec.objects[1]))
     elif spec.kind == "count":
@@ -374,8 +403,8 @@ def score(prompt: str, img: Image.Image) -> dict[str, float]:
 
 
 def evaluate(pairs) -> dict[str, float]:
-    """Mean of each category over the (prompt, image) pairs that specify it (in CATEGORIES order), and "overall":
-    the mean of the per-image overall scores."""
+    """Mean of each category over the (prompt, image) pairs that specify it (in CATEGORIES order), and
+    "overall": the mean of the per-image overall scores."""
     per_cat: dict[str, list[float]] = {}
     for prompt, img in pairs:
         for cat, value in score(prompt, img).items():
@@ -418,14 +447,18 @@ _NOVEL_COUNT = [
 _RELATION = {("left", "right"): "to the left of", ("right", "left"): "to the right of",
              ("top", "bottom"): "above", ("bottom", "top"): "below"}
 _COUNT_SLOTS = {1: [(0.5, 0.5)], 2: [(0.28, 0.5), (0.72, 0.5)], 3: [(0.22, 0.5), (0.5, 0.5), (0.78, 0.5)]}
-HELDOUT_SCENE_SEEDS = 500_000  # caption scenes come from here on; the built-in model trains on seeds >= 1,000,000
+HELDOUT_SCENE_SEEDS = 500_000  # benchmark scenes: 500,000..900,000+n; the built-in model trains on 1,000,000+
+
+
+def _centre(position: str) -> tuple[float, float]:
+    return POSITIONS[position][0] * IMAGE_SIZE, POSITIONS[position][1] * IMAGE_SIZE
 
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _bg_words(rng: random.Random, bg: str, pattern: str) -> dict[str, str]:
+def _bg_words(bg: str, pattern: str) -> dict[str, str]:
     bgp = bg if pattern == "plain" else f"{pattern} {bg}"
     return {"bg": bg, "bgp": bgp, "bga": _article(bgp)}
 
@@ -434,64 +467,66 @@ def _novel_scene(rng: random.Random, kind: str, shapes: tuple[str, ...], pattern
     """A scene with a prompt in a phrasing the world's captions never use (Scene.caption holds the prompt)."""
     bg = rng.choice(COLOUR_NAMES)
     others = [c for c in COLOUR_NAMES if c != bg]
-    words = _bg_words(rng, bg, pattern)
+    words = _bg_words(bg, pattern)
     if kind == "single":
         pos, size, colour, shape = rng.choice(list(POSITIONS)), rng.choice(list(SIZES)), rng.choice(others), \
             rng.choice(shapes)
-        obj = ShapeObject(shape, colour, size, (POSITIONS[pos][0] * IMAGE_SIZE, POSITIONS[pos][1] * IMAGE_SIZE), pos)
+        obj = ShapeObject(shape, colour, size, _centre(pos), pos)
         size_word = rng.choice(_NOVEL_SIZE[size])
-        text = rng.choice(_NOVEL_SINGLE).format(a=_article(size_word), size=size_word, colour=colour, shape=shape,
-                                                pos=rng.choice(_NOVEL_POS[pos]), **words)
-        return Scene(bg, pattern, (obj,), kind, text)
+        text = rng.choice(_NOVEL_SINGLE).format(a=_article(size_word), size=size_word, colour=colour,
+                                                shape=shape, pos=rng.choice(_NOVEL_POS[pos]), **words)
+        return Scene(bg, pattern, (obj,), kind, text, {"novel": True})
     if kind == "two":
         pair = rng.choice(list(_RELATION))
         colours, kinds = rng.sample(others, 2), [rng.choice(shapes) for _ in pair]
-        objs = tuple(ShapeObject(s, c, "small", (POSITIONS[p][0] * IMAGE_SIZE, POSITIONS[p][1] * IMAGE_SIZE), p)
-                     for s, c, p in zip(kinds, colours, pair))
-        text = rng.choice(_NOVEL_TWO).format(p1=pair[0], p2=pair[1], c1=colours[0], c2=colours[1], s1=kinds[0],
-                                             s2=kinds[1], a1=_article(colours[0]), a2=_article(colours[1]),
-                                             rel=_RELATION[pair], **words)
-        return Scene(bg, pattern, objs, kind, text)
+        objs = tuple(ShapeObject(s, c, "small", _centre(p), p) for s, c, p in zip(kinds, colours, pair))
+        text = rng.choice(_NOVEL_TWO).format(p1=pair[0], p2=pair[1], c1=colours[0], c2=colours[1],
+                                             s1=kinds[0], s2=kinds[1], a1=_article(colours[0]),
+                                             a2=_article(colours[1]), rel=_RELATION[pair], **words)
+        return Scene(bg, pattern, objs, kind, text, {"novel": True})
     n, colour, shape = rng.choice(list(_COUNT_SLOTS)), rng.choice(others), rng.choice(shapes)
     slots = _COUNT_SLOTS[n] if rng.random() < 0.5 else [(y, x) for x, y in _COUNT_SLOTS[n]]
     objs = tuple(ShapeObject(shape, colour, "small", (x * IMAGE_SIZE, y * IMAGE_SIZE)) for x, y in slots)
-    text = rng.choice(_NOVEL_COUNT[:3] if n == 1 else _NOVEL_COUNT).format(n=COUNT_WORDS[n], c=colour, s=shape + ("s" if n > 1 else ""), **words)
-    return Scene(bg, pattern, objs, "count", text)
+    template = rng.choice(_NOVEL_COUNT[:3] if n == 1 else _NOVEL_COUNT)  # "one circle, all red" reads oddly
+    text = template.format(n=COUNT_WORDS[n], c=colour, s=shape + ("s" if n > 1 else ""), **words)
+    return Scene(bg, pattern, objs, "count", text, {"novel": True})
 
 
-def heldout_scenes(n: int = 240, seed: int = 2025, shapes: tuple[str, ...] = BASE_SHAPES,
-                   patterns: tuple[str, ...] = ("striped",)) -> list[tuple[Scene, int]]:
+def heldout_scenes(n: int = 240, seed: int = 2025) -> list[tuple[Scene, int]]:
     """The scenes behind heldout_prompt_set (Scene.caption is the prompt), with a generation seed each.
 
-    Per block of 5: 3 captions in the training style (fully specified, scene seeds the model never trained on) and 2
-    novel phrasings cycling through single / two / count, so 40% of the prompts use phrasings training never does."""
+    Per block of 5: 3 captions in the training style (fully specified; scenes the model never trained on) and
+    2 novel phrasings cycling through single / two / count (Scene.attrs["novel"]), so 40% of the prompts use
+    phrasings training never does. Base shapes and plain/striped backgrounds only."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         if i % 5 < 3:
-            scene = sample_scene(HELDOUT_SCENE_SEEDS + seed * 1000 + i, shapes=shapes,
-                                 patterns=("plain",) + patterns, drop=0.0)
+            scene_seed = HELDOUT_SCENE_SEEDS + (seed % 400) * 1000 + i
+            scene = sample_scene(scene_seed, BASE_SHAPES, BASE_PATTERNS, drop=0.0)
         else:
             kind = ("single", "two", "count")[(2 * (i // 5) + i % 5 - 3) % 3]
-            scene = _novel_scene(rng, kind, shapes, rng.choice(patterns) if rng.random() < 0.3 else "plain")
+            scene = _novel_scene(rng, kind, BASE_SHAPES, "striped" if rng.random() < 0.3 else "plain")
         out.append((scene, 10_000 + i))
     return out
 
 
 def heldout_prompt_set(n: int = 240, seed: int = 2025) -> list[tuple[str, int]]:
-    """Fixed (prompt, seed) pairs for benchmarking the built-in model: base shapes, plain/striped backgrounds,
-    single-object (colour/shape/background/size/position), two-object and counting prompts, 40% novel phrasings."""
+    """Fixed (prompt, seed) pairs for benchmarking the built-in model: base shapes, plain/striped backgrounds;
+    single-object (colour/shape/background/size/position), two-object and counting prompts; 40% novel
+    phrasings. Deterministic for a given (n, seed)."""
     return [(scene.caption, s) for scene, s in heldout_scenes(n, seed)]
 
 
-def concept_prompt_set(shape: str = "star", n: int = 40, seed: int = 7, pattern: str = "plain") -> list[tuple[str, int]]:
-    """Single-object prompts featuring a (held-out) shape, half in the training captions' style (scene seeds far from
-    those a LoRA trains on) and half in novel phrasings; for measuring what a LoRA taught."""
+def concept_prompt_set(shape: str = "star", n: int = 40, seed: int = 7,
+                       pattern: str = "plain") -> list[tuple[str, int]]:
+    """Single-object prompts featuring a (held-out) shape, half in the training captions' style (scene seeds
+    far from those a LoRA trains on) and half in novel phrasings; for measuring what a LoRA taught."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         if i % 2 == 0:
-            text = concept_scene(HELDOUT_SCENE_SEEDS + seed * 1000 + i, shape, pattern).caption
+            text = concept_scene(HELDOUT_SCENE_SEEDS + (seed % 400) * 1000 + i, shape, pattern).caption
         else:
             text = _novel_scene(rng, "single", (shape,), pattern).caption
         out.append((text, 20_000 + i))
