@@ -5,21 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tiny_sd_components(tmp_dir: Path) -> dict:
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+UNET_BASE = dict(block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+
+
+def offline_tokenizer(tmp_dir: Path):
+    """A real CLIP tokenizer written by the project (no download); returns (tokenizer, vocab size)."""
+    from transformers import CLIPTokenizer
 
     from training.builtin_model import write_tokenizer
 
     vocab_size = write_tokenizer(Path(tmp_dir))
-    tokenizer = CLIPTokenizer.from_pretrained(tmp_dir)
+    return CLIPTokenizer.from_pretrained(tmp_dir), vocab_size
+
+
+def tiny_unet(**config):
+    import torch
+    from diffusers import UNet2DConditionModel
+
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=2, attention_head_dim=2,
-    )
+    return UNet2DConditionModel(**UNET_BASE, **config)
+
+
+def tiny_sd_components(tmp_dir: Path) -> dict:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer, vocab_size = offline_tokenizer(tmp_dir)
+    unet = tiny_unet(cross_attention_dim=32, norm_num_groups=2, attention_head_dim=2)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False)
     torch.manual_seed(0)
@@ -47,21 +62,13 @@ def tiny_sd_pipeline(tmp_dir: Path):
 def tiny_sdxl_pipeline(tmp_dir: Path):
     """A tiny StableDiffusionXLPipeline from configs (two text encoders, added time/text embeddings)."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from training.builtin_model import write_tokenizer
-
-    vocab_size = write_tokenizer(Path(tmp_dir))
-    tokenizer = CLIPTokenizer.from_pretrained(tmp_dir)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64, norm_num_groups=1,
-    )
+    tokenizer, vocab_size = offline_tokenizer(tmp_dir)
+    unet = tiny_unet(attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                     addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                     projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=1)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
                                        timestep_spacing="leading")
     torch.manual_seed(0)
