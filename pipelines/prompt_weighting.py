@@ -156,7 +156,7 @@ def _encode_sdxl(pipe, prompt: str, n_chunks: int, device):
     return torch.cat(pieces, dim=1), pooled
 
 
-def encode_weighted_prompt(pipe, prompt: str, negative_prompt: str, device, num_images_per_prompt: int = 1) -> dict:
+def encode_weighted_prompt(pipe, prompt: str, negative_prompt: str, device) -> dict:
     """Pipeline kwargs (prompt_embeds, negative_prompt_embeds[, pooled...]) for A1111-weighted prompts."""
     sdxl = getattr(pipe, "text_encoder_2", None) is not None
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if sdxl else [])

@@ -70,8 +70,6 @@ def bench_generation(tmp: Path, repeats: int) -> None:
 
 
 def bench_cache(tmp: Path) -> None:
-    from studio.generation_service import GenerationRequest
-
     print("Model cache", flush=True)
     services = _services(tmp)
     models = services.models
@@ -101,7 +99,6 @@ def bench_cache(tmp: Path) -> None:
     _line("img2img + inpaint views built once at load", f"{derive_ms:.1f} ms (from_pipe, no weight copy)")
     _line("extra weight loads while switching", f"{extra_loads} (derived entries: "
           f"{models.stats().loads - loads_before}, sharing weights)")
-    del GenerationRequest
 
 
 def _free_port() -> int:
@@ -161,19 +158,6 @@ def bench_adherence(tmp: Path, limit: int | None) -> None:
     _line("mean seconds per image (target <= 1 s)", f"{statistics.mean(seconds):.3f}")
 
 
-def _score_model(pipe, prompts) -> dict[str, float]:
-    import torch
-
-    from training.evaluator import evaluate
-
-    pairs = []
-    for prompt, seed in prompts:
-        image = pipe(prompt, num_inference_steps=20, width=128, height=128,
-                     generator=torch.Generator().manual_seed(seed)).images[0]
-        pairs.append((prompt, image))
-    return evaluate(pairs)
-
-
 def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int) -> float:
     """Seconds per step of a plain peft + diffusers LoRA loop on the same data (the reference)."""
     import numpy as np
@@ -223,6 +207,7 @@ def bench_lora(tmp: Path, minutes: float) -> None:
 
     from training.evaluator import concept_prompt_set, heldout_prompt_set, parse_prompt
     from training.lora_trainer import LoraTrainer, LoraTrainingConfig, TrainingSample
+    from training.model_card import score_pipeline
     from training.world import concept_scene, render
 
     print(f"LoRA: teach the held-out 'star' ({minutes:g} min of training, 30 images)", flush=True)
@@ -237,7 +222,7 @@ def bench_lora(tmp: Path, minutes: float) -> None:
     others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:24]
     pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    before_star, before_other = _score_model(pipe, stars), _score_model(pipe, others)
+    before_star, before_other = score_pipeline(pipe, stars), score_pipeline(pipe, others)
 
     cfg = LoraTrainingConfig(base_model=str(BUILTIN_MODEL_DIR), name="star", rank=8, alpha=8, learning_rate=1e-3,
                              max_steps=1_000_000, batch_size=8, resolution=128, checkpoint_every=0,
@@ -250,7 +235,7 @@ def bench_lora(tmp: Path, minutes: float) -> None:
     timer.cancel()
     steps_per_s = result.step / result.seconds
     pipe.load_lora_weights(result.path)
-    after_star, after_other = _score_model(pipe, stars), _score_model(pipe, others)
+    after_star, after_other = score_pipeline(pipe, stars), score_pipeline(pipe, others)
     for label, before, after in (("star prompts", before_star, after_star),
                                  ("other concepts", before_other, after_other)):
         _line(f"{label} overall before -> after", f"{before['overall']:.3f} -> {after['overall']:.3f}")

@@ -153,11 +153,9 @@ class GenerationService:
     def _apply_loras(pipe, loras: list[tuple[str, float, str]]) -> None:
         if not loras:
             return
-        names = []
-        for i, (name, _, path) in enumerate(loras):
-            adapter = f"lora{i}_{abs(hash(name)) % 10**6}"
+        names = [f"lora{i}" for i in range(len(loras))]
+        for adapter, (_, _, path) in zip(names, loras):
             pipe.load_lora_weights(path, adapter_name=adapter)
-            names.append(adapter)
         pipe.set_adapters(names, [w for _, w, _ in loras])
 
     # ------------------------------------------------------------------ running

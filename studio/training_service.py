@@ -14,7 +14,7 @@ from pathlib import Path
 
 from studio.errors import BusyError, StudioError, ValidationError, check_range
 from training.lora_trainer import (LR_SCHEDULERS, PRECISIONS, LoraTrainer, LoraTrainingConfig, TrainingEvent,
-                                   TrainingSample, list_checkpoints)
+                                   TrainingSample, list_checkpoints, saved_loss_history)
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -227,12 +227,8 @@ class TrainingService:
     def _launch(self, run_id: str, cfg: LoraTrainingConfig, samples: list[TrainingSample]) -> None:
         run_dir = self.root / "runs" / run_id
         live = LiveRun(run_id, cfg.name, cfg.max_steps)
-        ck = list_checkpoints(run_dir)
-        if ck:
-            import json
-
-            live.losses = [tuple(x) for x in json.loads((ck[-1] / "state.json").read_text())["loss_history"]]
-            live.step = live.losses[-1][0] if live.losses else 0
+        live.losses = saved_loss_history(run_dir)
+        live.step = live.losses[-1][0] if live.losses else 0
         stop = threading.Event()
         with self._lock:
             self._live[run_id] = live

@@ -109,6 +109,15 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[-1]))
 
 
+def saved_loss_history(run_dir: Path) -> list[tuple[int, float]]:
+    """The (step, loss) curve stored with the newest complete checkpoint; [] when there is none."""
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return []
+    state = json.loads((checkpoints[-1] / "state.json").read_text())
+    return [tuple(x) for x in state["loss_history"]]
+
+
 class LoraTrainer:
     """Train one LoRA; `run()` may be called on a fresh run dir or one with checkpoints (resume)."""
 

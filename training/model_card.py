@@ -19,20 +19,27 @@ from pathlib import Path
 from training.curves import save_loss_curve, save_series_plot
 
 
-def evaluate_folder(model_dir: Path, prompts: list[tuple[str, int]], steps: int = 20) -> dict[str, float]:
+def score_pipeline(pipe, prompts: list[tuple[str, int]], steps: int = 20) -> dict[str, float]:
+    """Generate each (prompt, seed) at 128x128 with `pipe` and score the images with the evaluator."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from training.evaluator import evaluate
 
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
     pairs = []
     for prompt, seed in prompts:
         image = pipe(prompt, num_inference_steps=steps, width=128, height=128,
                      generator=torch.Generator().manual_seed(seed)).images[0]
         pairs.append((prompt, image))
     return evaluate(pairs)
+
+
+def evaluate_folder(model_dir: Path, prompts: list[tuple[str, int]], steps: int = 20) -> dict[str, float]:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return score_pipeline(pipe, prompts, steps)
 
 
 def adherence_curve(work: Path, prompts: list[tuple[str, int]]) -> dict[float, dict[str, float]]:
