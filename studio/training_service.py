@@ -55,6 +55,25 @@ class LiveRun:
     error: str = ""
 
 
+def _copy_samples(items: list[DatasetItem], folder: Path) -> list[TrainingSample]:
+    """Copy images into a run's own folder with their caption in a .txt beside each (resume reads them back)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for n, item in enumerate(items):
+        dest = folder / f"{n:04d}{Path(item.path).suffix.lower()}"
+        shutil.copyfile(item.path, dest)
+        dest.with_suffix(".txt").write_text(item.caption)
+        samples.append(TrainingSample(str(dest), item.caption))
+    return samples
+
+
+def _read_samples(folder: Path) -> list[TrainingSample]:
+    if not folder.is_dir():
+        return []
+    return [TrainingSample(str(p), p.with_suffix(".txt").read_text())
+            for p in sorted(folder.iterdir()) if p.suffix != ".txt"]
+
+
 class TrainingService:
     """One training at a time in a background thread; every run recorded in the runs store."""
 
@@ -157,6 +176,7 @@ class TrainingService:
             batch_size=check_range("batch_size", cfg.batch_size, 1, 64, int),
             resolution=check_range("resolution", cfg.resolution, 64, 2048, int),
             color_jitter=check_range("color_jitter", cfg.color_jitter, 0, 0.5, float),
+            regularization_share=check_range("regularization_share", cfg.regularization_share, 0, 0.9, float),
             validation_every=check_range("validation_every", cfg.validation_every, 0, 100_000, int),
             checkpoint_every=check_range("checkpoint_every", cfg.checkpoint_every, 0, 100_000, int),
             seed=check_range("seed", cfg.seed, 0, 2**32 - 1, int),
@@ -169,31 +189,34 @@ class TrainingService:
                 return next((r for r, live in self._live.items() if live.status in ("starting", "running")), "?")
             return None
 
-    def start(self, cfg: LoraTrainingConfig, items: list[DatasetItem], model_id: str) -> str:
-        """Validate, copy the dataset into the run folder, and train in the background; returns the run id."""
+    def start(self, cfg: LoraTrainingConfig, items: list[DatasetItem], model_id: str,
+              regularization: list[DatasetItem] = ()) -> str:
+        """Validate, copy the dataset (and any regularization images) into the run folder, and train in the
+        background; returns the run id."""
         source = self.models.resolve(model_id)
         if source.kind not in ("builtin", "diffusers"):
             raise ValidationError("base model must be a diffusers folder (the built-in model or one under "
                                   "Stable-diffusion/)", "base_model")
         cfg = self.validate(replace(cfg, base_model=source.location, base_model_id=source.id), items)
+        if cfg.regularization_share > 0 and not regularization:
+            raise ValidationError("regularization share is above 0 but no regularization images were given: add "
+                                  "a folder of them or set the share to 0", "regularization")
+        unlabeled = [Path(i.path).name for i in regularization if not i.caption.strip()]
+        if unlabeled:
+            raise ValidationError(f"regularization images need captions (a .txt beside each image): "
+                                  f"{len(unlabeled)} have none (e.g. {unlabeled[0]})", "regularization")
         running = self.busy()
         if running:
             raise BusyError(f"training run {running} is still going: stop it first (one training at a time)",
                             "train")
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         run_dir = self.root / "runs" / run_id
-        dataset = run_dir / "dataset"
-        dataset.mkdir(parents=True)
-        samples = []
-        for n, item in enumerate(items):
-            dest = dataset / f"{n:04d}{Path(item.path).suffix.lower()}"
-            shutil.copyfile(item.path, dest)
-            dest.with_suffix(".txt").write_text(item.caption)
-            samples.append(TrainingSample(str(dest), item.caption))
+        samples = _copy_samples(items, run_dir / "dataset")
+        prior = _copy_samples(regularization if cfg.regularization_share > 0 else [], run_dir / "regularization")
         self.runs.insert({"id": run_id, "name": cfg.name, "status": "queued", "config": asdict(cfg),
-                          "dataset_size": len(samples), "created": time.time(), "final_loss": None,
-                          "lora_path": "", "step": 0})
-        self._launch(run_id, cfg, samples)
+                          "dataset_size": len(samples), "regularization_size": len(prior), "created": time.time(),
+                          "final_loss": None, "lora_path": "", "step": 0})
+        self._launch(run_id, cfg, samples, prior)
         return run_id
 
     def resume(self, run_id: str) -> str:
@@ -204,9 +227,7 @@ class TrainingService:
             raise BusyError(f"training run {self.busy()} is still going: stop it first", "run")
         run_dir = self.root / "runs" / run_id
         cfg = LoraTrainingConfig(**record["config"])
-        samples = [TrainingSample(str(p), p.with_suffix(".txt").read_text())
-                   for p in sorted((run_dir / "dataset").iterdir()) if p.suffix != ".txt"]
-        self._launch(run_id, cfg, samples)
+        self._launch(run_id, cfg, _read_samples(run_dir / "dataset"), _read_samples(run_dir / "regularization"))
         return run_id
 
     def stop(self, run_id: str | None = None) -> bool:
@@ -224,7 +245,8 @@ class TrainingService:
         if thread is not None:
             thread.join(timeout)
 
-    def _launch(self, run_id: str, cfg: LoraTrainingConfig, samples: list[TrainingSample]) -> None:
+    def _launch(self, run_id: str, cfg: LoraTrainingConfig, samples: list[TrainingSample],
+                regularization: list[TrainingSample]) -> None:
         run_dir = self.root / "runs" / run_id
         live = LiveRun(run_id, cfg.name, cfg.max_steps)
         live.losses = saved_loss_history(run_dir)
@@ -233,7 +255,8 @@ class TrainingService:
         with self._lock:
             self._live[run_id] = live
             self._stop[run_id] = stop
-        trainer = LoraTrainer(cfg, samples, run_dir, lambda e: self._on_event(run_id, run_dir, e), self.device_lock)
+        trainer = LoraTrainer(cfg, samples, run_dir, lambda e: self._on_event(run_id, run_dir, e), self.device_lock,
+                              regularization)
         self._thread = threading.Thread(target=self._run, args=(run_id, trainer, stop), daemon=True,
                                         name=f"train-{run_id}")
         self._thread.start()

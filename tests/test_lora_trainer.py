@@ -148,3 +148,18 @@ def test_kill_during_training_then_resume(tiny_base, star_samples, tmp_path):
     result = resumed.run()
     assert result.kind == "done" and result.step == last + 5
     assert resumed.loss_history[0][0] == 1 and len(resumed.loss_history) == last + 5
+
+
+def test_regularization_share_mixes_prior_images_into_batches(tiny_base, star_samples):
+    import random
+
+    prior = star_samples[:3]
+    images = [(None, (64, 64))] * (len(star_samples) + len(prior))
+    n = len(star_samples)
+    only_data = LoraTrainer(config(tiny_base, batch_size=8), star_samples, Path("unused"), regularization=prior)
+    assert all(i < n for _ in range(20) for i in only_data._pick(random.Random(0), images))
+    mixed = LoraTrainer(config(tiny_base, batch_size=8, regularization_share=0.5), star_samples, Path("unused"),
+                        regularization=prior)
+    picks = [i for seed in range(50) for i in mixed._pick(random.Random(seed), images)]
+    share = sum(i >= n for i in picks) / len(picks)
+    assert 0.35 < share < 0.65

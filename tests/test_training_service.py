@@ -73,6 +73,25 @@ def test_empty_dataset_and_missing_captions(services, star_folder):
         services.training.start(cfg(), no_caption, TINY_MODEL_ID)
 
 
+def test_regularization_images_are_copied_and_checked(services, star_folder, tmp_path):
+    items, _ = services.training.load_dataset([str(star_folder)])
+    with pytest.raises(ValidationError) as err:
+        services.training.start(cfg(regularization_share=0.5), items, TINY_MODEL_ID)
+    assert err.value.field == "regularization"
+    with pytest.raises(ValidationError) as err:
+        services.training.start(cfg(regularization_share=0.95), items, TINY_MODEL_ID, items)
+    assert err.value.field == "regularization_share"
+    prior = [DatasetItem(i.path, "a shape") for i in items[:2]]
+    run_id = services.training.start(cfg(max_steps=4, regularization_share=0.5, validation_every=0), items,
+                                     TINY_MODEL_ID, prior)
+    assert wait_for(services, run_id).status == "done"
+    run_dir = services.training.root / "runs" / run_id
+    assert sorted(p.name for p in (run_dir / "regularization").iterdir()) == ["0000.png", "0000.txt", "0001.png",
+                                                                            "0001.txt"]
+    record = next(r for r in services.training.list_runs() if r["id"] == run_id)
+    assert record["regularization_size"] == 2
+
+
 def test_run_in_background_records_history_and_lora_changes_generation(services, star_folder):
     items, _ = services.training.load_dataset([str(star_folder)])
     run_id = services.training.start(cfg(max_steps=30), items, TINY_MODEL_ID)

@@ -53,6 +53,7 @@ class LoraTrainingConfig:
     keep_checkpoints: int = 3
     mixed_precision: str = "no"
     trigger_word: str = ""
+    regularization_share: float = 0.0  # share of each batch drawn from the regularization images
     device: str = "cpu"
 
 
@@ -123,9 +124,10 @@ class LoraTrainer:
 
     def __init__(self, config: LoraTrainingConfig, samples: list[TrainingSample], run_dir: Path,
                  on_event: Callable[[TrainingEvent], None] | None = None,
-                 step_lock: threading.Lock | None = None):
+                 step_lock: threading.Lock | None = None, regularization: list[TrainingSample] | None = None):
         self.config = config
         self.samples = samples
+        self.regularization = regularization or []  # images of what the base model already knows (prior)
         self.run_dir = Path(run_dir)
         self.on_event = on_event or (lambda e: None)
         self.step_lock = step_lock or threading.Lock()
@@ -176,15 +178,23 @@ class LoraTrainer:
                 image = enhancer(image).enhance(1 + rng.uniform(-cfg.color_jitter, cfg.color_jitter))
         return image
 
+    def _pick(self, rng: random.Random, images: list) -> list[int]:
+        """Indices into `images` (dataset first, then regularization) for one batch from one aspect bucket;
+        each slot comes from the regularization images with probability `regularization_share`."""
+        n, cfg = len(self.samples), self.config
+        share = cfg.regularization_share if len(images) > n else 0.0
+        from_reg = [share > 0 and rng.random() < share for _ in range(cfg.batch_size)]
+        first = rng.randrange(n, len(images)) if from_reg[0] else rng.randrange(n)
+        bucket = images[first][1]
+        pools = [[i for i in range(lo, hi) if images[i][1] == bucket] for lo, hi in ((0, n), (n, len(images)))]
+        return [first] + [rng.choice(pools[reg] or pools[0] or pools[1]) for reg in from_reg[1:]]
+
     def _batch(self, pipe, rng: random.Random, images: list):
         """Pick a batch from one aspect bucket, augment, and encode to latents."""
         import numpy as np
         import torch
 
-        first = rng.randrange(len(self.samples))
-        bucket = images[first][1]
-        same = [i for i, (_, b) in enumerate(images) if b == bucket]
-        idx = [first] + [rng.choice(same) for _ in range(self.config.batch_size - 1)]
+        idx = self._pick(rng, images)
         pixels = []
         for i in idx:
             img = self._augment(images[i][0], rng)
@@ -192,7 +202,8 @@ class LoraTrainer:
         x = torch.stack(pixels).to(pipe.device)
         with torch.no_grad():
             latents = pipe.vae.encode(x).latent_dist.sample() * pipe.vae.config.scaling_factor
-        captions = [self.samples[i].caption for i in idx]
+        everything = self.samples + self.regularization
+        captions = [everything[i].caption for i in idx]
         return latents, captions
 
     # ------------------------------------------------------------------ checkpoints
@@ -264,6 +275,7 @@ class LoraTrainer:
         metadata = {"ss_base_model": cfg.base_model_id or cfg.base_model, "ss_steps": str(step),
                     "ss_network_dim": str(cfg.rank), "ss_network_alpha": str(cfg.alpha),
                     "ss_num_train_images": str(len(self.samples)), "ss_trigger_word": cfg.trigger_word,
+                    "ss_num_reg_images": str(len(self.regularization)),
                     "ss_learning_rate": str(cfg.learning_rate), "ss_resolution": str(cfg.resolution),
                     "studio_config": json.dumps(asdict(cfg))}
         tmp = path.with_suffix(".tmp")
@@ -298,7 +310,7 @@ class LoraTrainer:
         torch.manual_seed(cfg.seed)
         pipe = self._load()
         images = []
-        for s in self.samples:
+        for s in self.samples + self.regularization:
             img = Image.open(s.image_path).convert("RGB")
             images.append((img, bucket_size(img.width, img.height, cfg.resolution, cfg.bucket_step)))
         params = self._trainable(pipe)

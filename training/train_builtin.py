@@ -5,7 +5,10 @@
 Phases (each resumable, state in <work-dir>/state.json, checkpoints written to a temp file then renamed):
   1. vae      AutoencoderKL on random 64x64 crops, foreground-weighted L1+MSE (+ tiny KL)
   2. latents  encode a fixed scene set once (latent cache)
-  3. unet     text encoder + UNet jointly, v-prediction, zero terminal SNR, min-SNR-5, EMA
+  3. unet     text encoder + UNet jointly, v-prediction, zero terminal SNR, EMA; min-SNR-5 weighting for the
+              first `--min-snr-minutes`, then plain v-MSE (min-SNR all but ignores the high-noise steps where the
+              layout, and so position and background, is decided); the learning rate decays linearly to 10%
+              over the last `--decay-minutes`
   4. export   a normal diffusers folder (fp16) that StableDiffusionPipeline.from_pretrained loads offline
 Only time spent on training steps counts towards the budgets; EMA snapshots are kept every
 `--snapshot-minutes` of training time so adherence can be plotted against training minutes.
@@ -56,8 +59,9 @@ class Trainer:
         self.state_path = self.work / "state.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
             "seed": args.seed, "vae_seconds": 0.0, "unet_seconds": 0.0, "vae_step": 0, "unet_step": 0,
-            "latents_done": False, "command": " ".join(os.sys.argv),
+            "latents_done": False,
         }
+        self.state["command"] = "python -m training.train_builtin " + " ".join(os.sys.argv[1:])
         torch.manual_seed(args.seed)
         self.tok_dir = self.work / "tokenizer"
         vocab_size = bm.write_tokenizer(self.tok_dir)
@@ -200,13 +204,13 @@ class Trainer:
             t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),))
             noisy = sched.add_noise(lat, noise, t)
             target = sched.get_velocity(lat, noise, t)
-            warm = min(1.0, (step + 1) / a.warmup)
+            factor = self.lr_factor(step)
             for g, base in zip(opt.param_groups, (a.lr, a.te_lr)):
-                g["lr"] = base * warm
+                g["lr"] = base * factor
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 ctx = self.encode_text(te, caps)
                 pred = unet(noisy, t, ctx).sample.float()
-            w = torch.minimum(snr[t], torch.full_like(snr[t], 5.0)) / (snr[t] + 1)
+            w = self.loss_weight(snr[t])
             loss = (((pred - target) ** 2).mean(dim=(1, 2, 3)) * w).mean()
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite loss at step {step}; last checkpoint kept")
@@ -235,6 +239,19 @@ class Trainer:
                 self.save_state()
                 last_ck = time.time()
         return ema_unet, ema_te
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up, constant, then a linear decay to 10% over the last `--decay-minutes` of the budget."""
+        a = self.args
+        left = a.unet_minutes * 60 - self.state["unet_seconds"]
+        decay = 1.0 if a.decay_minutes <= 0 else max(0.1, min(1.0, left / (a.decay_minutes * 60)))
+        return min(1.0, (step + 1) / a.warmup) * decay
+
+    def loss_weight(self, snr_t: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight of the v-MSE: min-SNR-5 during the first `--min-snr-minutes`, then 1."""
+        if self.state["unet_seconds"] < self.args.min_snr_minutes * 60:
+            return torch.minimum(snr_t, torch.full_like(snr_t, 5.0)) / (snr_t + 1)
+        return torch.ones_like(snr_t)
 
     # ------------------------------------------------------------------ export
     def export(self, unet, te, scale: float, out: Path):
@@ -290,6 +307,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--te-lr", type=float, default=6e-4)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--min-snr-minutes", type=float, default=0,
+                   help="UNet minutes trained with min-SNR-5 weighting before switching to plain v-MSE")
+    p.add_argument("--decay-minutes", type=float, default=0,
+                   help="the learning rate decays linearly to 10%% over the last this many UNet minutes")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--empty-caption", type=float, default=0.1)
     p.add_argument("--snapshot-minutes", type=float, default=10)

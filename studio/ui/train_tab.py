@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from studio.errors import ValidationError
@@ -84,6 +86,12 @@ def create_tab(services):
                         jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
                         precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision",
                                                 info="bf16/fp16 where the device supports it")
+                    with gr.Row():
+                        reg_folder = gr.Textbox(label="Regularization images folder (optional)", scale=3,
+                                                info="images + .txt captions of what the base model already "
+                                                     "knows: they keep its other concepts intact")
+                        reg_share = gr.Slider(0, 0.9, value=0.0, step=0.05, scale=2,
+                                              label="Regularization share of each batch")
                     val_prompts = gr.Textbox(label="Validation prompts (one per line)", lines=2)
                     with gr.Row():
                         val_every = gr.Number(50, label="Validate every N steps", precision=0)
@@ -134,8 +142,6 @@ def create_tab(services):
 
     @user_errors
     def on_folder(path, items):
-        from pathlib import Path
-
         if not path or not Path(path).is_dir():
             raise ValidationError(f"folder {path!r} is not a folder on this machine", "folder")
         new, skipped = training.load_dataset([path])
@@ -188,7 +194,14 @@ def create_tab(services):
 
     @user_errors
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
-                 seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v):
+                 seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
+                 reg_share_v=0.0, trigger_v=""):
+        regularization = []
+        if (reg_folder_v or "").strip():
+            if not Path(reg_folder_v.strip()).is_dir():
+                raise ValidationError(f"regularization folder {reg_folder_v.strip()!r} is not a folder on this "
+                                      "machine", "regularization")
+            regularization, _ = training.load_dataset([reg_folder_v.strip()])
         if epochs_v:
             steps_v = training.steps_for_epochs(epochs_v, len(items), batch_v)
         cfg = LoraTrainingConfig(
@@ -197,15 +210,16 @@ def create_tab(services):
             flip=flip_v, random_crop=crop_v, color_jitter=jitter_v, train_text_encoder=te_v,
             mixed_precision=prec_v, validation_prompts=[p.strip() for p in (prompts_v or "").splitlines()
                                                         if p.strip()],
-            validation_every=val_v or 0, checkpoint_every=ck_v or 0,
-            trigger_word="", device=services.models.device.device,
+            validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
+            trigger_word=(trigger_v or "").strip(), device=services.models.device.device,
         )
-        run_id = training.start(cfg, items, model_id)
+        run_id = training.start(cfg, items, model_id, regularization)
         gr.Info(f"Training started: run {run_id}")
         return run_id
 
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
-                           flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every],
+                           flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
+                           reg_share, trigger],
                 current, api_name="train")
 
     def on_stop(run_id):
