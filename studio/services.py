@@ -17,6 +17,7 @@ class Services:
     jobs: "JobRegistry"
     training: "TrainingService"
     device_lock: threading.Lock
+    captions: "CaptionService"
 
 
 def build_services(settings: Settings) -> Services:
@@ -24,6 +25,7 @@ def build_services(settings: Settings) -> Services:
     from pipelines.devices import choose_device, free_device_memory
     from pipelines.model_cache import ModelCache
     from pipelines.registry import CHECKPOINT_DIR, CONTROLNET_DIR, LORA_DIR, UPSCALER_DIR, ModelRegistry
+    from studio.captioning import CAPTION_DIR, CaptionService
     from studio.generation_service import GenerationService
     from studio.jobs import JobRegistry
     from studio.model_service import ModelService
@@ -33,7 +35,7 @@ def build_services(settings: Settings) -> Services:
     from studio.training_service import TrainingService
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    for sub in (CHECKPOINT_DIR, LORA_DIR, CONTROLNET_DIR, UPSCALER_DIR):
+    for sub in (CHECKPOINT_DIR, LORA_DIR, CONTROLNET_DIR, UPSCALER_DIR, CAPTION_DIR):
         (settings.models_root / sub).mkdir(parents=True, exist_ok=True)
     device = choose_device(settings.device, settings.dtype)
     registry = ModelRegistry(settings.builtin_model_dir, settings.models_root, settings.offline)
@@ -46,4 +48,5 @@ def build_services(settings: Settings) -> Services:
     training = TrainingService(RunsStore(settings.data_dir / "db" / "training_runs.json"), settings.data_dir,
                                settings.models_root / LORA_DIR, models, device_lock,
                                JsonStore(settings.data_dir / "db" / "training_presets.json"))
-    return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock)
+    captions = CaptionService(settings.models_root / CAPTION_DIR, cache, device, device_lock)
+    return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions)

@@ -87,3 +87,27 @@ def tiny_sdxl_pipeline(tmp_dir: Path):
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_blip_captioner(out: Path) -> Path:
+    """A randomly initialised BLIP captioning model (32x32 input, 18-word vocabulary) saved as a local folder."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    out.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "red", "blue", "green", "circle", "square",
+             "star", "on", "the", "left", "right", "background"]
+    (out / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer(str(out / "vocab.txt"))
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(out)
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=37, encoder_hidden_size=32, bos_token_id=5, pad_token_id=0, sep_token_id=3,
+                eos_token_id=3, max_position_embeddings=40)
+    vision = dict(hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=37)
+    BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision, projection_dim=32)) \
+        .save_pretrained(out)
+    return out

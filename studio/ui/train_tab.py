@@ -52,7 +52,16 @@ def create_tab(services):
                     with gr.Row():
                         trigger = gr.Textbox(label="Trigger word", placeholder="e.g. sks star", scale=4)
                         add_trigger = gr.Button("Add to all captions", scale=1)
-                    gr.Markdown("Auto-caption: *unavailable* (no captioning model weights installed).")
+                    caption_models = services.captions.models()
+                    with gr.Row():
+                        caption_model = gr.Dropdown(
+                            caption_models, value=caption_models[0] if caption_models else None, scale=3,
+                            label="Auto-caption model", interactive=bool(caption_models),
+                            info="models/Caption/<name> (BLIP, GIT, ...)" if caption_models else
+                            f"unavailable: no captioning model in {services.captions.folder}")
+                        caption_overwrite = gr.Checkbox(False, label="Overwrite existing captions", scale=1)
+                        auto_caption = gr.Button("Auto-caption", scale=1, interactive=bool(caption_models),
+                                                 elem_id="train-autocaption")
                     dataset_info = gr.Markdown("Dataset: 0 images")
                     table = gr.Dataframe(headers=["image", "caption"], datatype=["str", "str"], interactive=True,
                                          label="Captions (edit in place)", wrap=True, elem_id="train-captions",
@@ -164,7 +173,14 @@ def create_tab(services):
     def on_trigger(word, items):
         return show_dataset(training.add_trigger(items, word or ""))
 
+    @user_errors
+    def on_auto_caption(model, overwrite, items):
+        if not items:
+            raise ValidationError("dataset is empty: add images before auto-captioning", "dataset")
+        return show_dataset(services.captions.caption(items, model, overwrite))
+
     outs = [items_state, table, grid, dataset_info]
+    auto_caption.click(on_auto_caption, [caption_model, caption_overwrite, items_state], outs)
     uploads.upload(on_upload, [uploads, items_state], outs)
     add_folder.click(on_folder, [folder, items_state], outs)
     add_gallery.click(on_gallery, [gallery_query, items_state], outs)
