@@ -4,7 +4,7 @@
 
 Prints: studio txt2img vs raw diffusers (wall-time ratio, pixel identity), cache hit vs cold load, mode
 switching cost, cold start of app.py to first served page, gallery store at 100k images, and the built-in
-model's prompt adherence on the held-out prompt set.
+model's prompt adherence on the held-out prompt set, and the LoRA proof (teaching it the held-out "star").
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from studio.settings import BUILTIN_MODEL_DIR, PROJECT_ROOT, Settings
@@ -198,7 +200,32 @@ def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int) -> 
     return statistics.median(times[2:])
 
 
-def bench_lora(tmp: Path, minutes: float) -> None:
+@dataclass
+class LoraProofRecipe:
+    """How the LoRA proof trains (flags of the bench command; defaults are the measured recipe)."""
+
+    minutes: float = 15.0
+    rank: int = 8
+    learning_rate: float = 5e-4
+    max_steps: int = 1000
+    regularization_share: float = 0.5
+    train_text_encoder: bool = False
+
+
+def _world_samples(folder: Path, scenes) -> list:
+    """Render (scene) -> png + caption as training samples."""
+    from training.lora_trainer import TrainingSample
+    from training.world import render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for n, scene in enumerate(scenes):
+        render(scene).save(folder / f"{n:04d}.png")
+        samples.append(TrainingSample(str(folder / f"{n:04d}.png"), scene.caption))
+    return samples
+
+
+def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     """Teach the held-out "star" to the built-in model with a LoRA; scores before/after, speed vs a bare loop."""
     import threading
 
@@ -206,44 +233,44 @@ def bench_lora(tmp: Path, minutes: float) -> None:
     from diffusers import StableDiffusionPipeline
 
     from training.evaluator import concept_prompt_set, heldout_prompt_set, parse_prompt
-    from training.lora_trainer import LoraTrainer, LoraTrainingConfig, TrainingSample
+    from training.lora_trainer import LoraTrainer, LoraTrainingConfig
     from training.model_card import score_pipeline
-    from training.world import concept_scene, render
+    from training.world import concept_scene, sample_scene
 
-    print(f"LoRA: teach the held-out 'star' ({minutes:g} min of training, 30 images)", flush=True)
-    data = tmp / "stars"
-    data.mkdir(parents=True)
-    samples = []
-    for seed in range(30):
-        scene = concept_scene(seed, "star")
-        render(scene).save(data / f"{seed}.png")
-        samples.append(TrainingSample(str(data / f"{seed}.png"), scene.caption))
+    print(f"LoRA: teach the held-out 'star' ({recipe})", flush=True)
+    samples = _world_samples(tmp / "stars", [concept_scene(seed, "star") for seed in range(30)])
+    # regularization images: scenes of what the base model already knows (its own world, unseen seeds)
+    prior = _world_samples(tmp / "prior", [sample_scene(3_000_000 + seed) for seed in range(240)])
     stars = concept_prompt_set("star", 24)
     others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:24]
     pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     before_star, before_other = score_pipeline(pipe, stars), score_pipeline(pipe, others)
 
-    cfg = LoraTrainingConfig(base_model=str(BUILTIN_MODEL_DIR), name="star", rank=8, alpha=8, learning_rate=1e-3,
-                             max_steps=1_000_000, batch_size=8, resolution=128, checkpoint_every=0,
-                             validation_every=0, train_text_encoder=True, seed=0)
+    cfg = LoraTrainingConfig(base_model=str(BUILTIN_MODEL_DIR), name="star", rank=recipe.rank, alpha=recipe.rank,
+                             learning_rate=recipe.learning_rate, lr_scheduler="cosine", warmup_steps=20,
+                             max_steps=recipe.max_steps, batch_size=8, resolution=128, checkpoint_every=0,
+                             validation_every=0, train_text_encoder=recipe.train_text_encoder, seed=0,
+                             regularization_share=recipe.regularization_share)
     stop = threading.Event()
-    timer = threading.Timer(minutes * 60, stop.set)
-    trainer = LoraTrainer(cfg, samples, tmp / "lora-run")
+    timer = threading.Timer(recipe.minutes * 60, stop.set)
+    trainer = LoraTrainer(cfg, samples, tmp / "lora-run", regularization=prior)
     timer.start()
     result = trainer.run(stop)
     timer.cancel()
     steps_per_s = result.step / result.seconds
     pipe.load_lora_weights(result.path)
     after_star, after_other = score_pipeline(pipe, stars), score_pipeline(pipe, others)
-    for label, before, after in (("star prompts", before_star, after_star),
-                                 ("other concepts", before_other, after_other)):
+    for label, before, after in (("star prompts (target >= 0.7)", before_star, after_star),
+                                 ("other concepts (target >= 0.8)", before_other, after_other)):
         _line(f"{label} overall before -> after", f"{before['overall']:.3f} -> {after['overall']:.3f}")
         for cat in ("colour", "shape", "background", "size", "position"):
             if cat in after:
                 _line(f"  {cat}", f"{before.get(cat, 0):.3f} -> {after[cat]:.3f}")
-    _line("training steps / s (batch 8, 128x128)", f"{steps_per_s:.2f} ({result.step} steps)")
-    short = LoraTrainingConfig(**{**cfg.__dict__, "max_steps": 12, "train_text_encoder": False})
+    _line("training time, steps, steps / s (batch 8, 128x128)",
+          f"{result.seconds / 60:.1f} min, {result.step} steps, {steps_per_s:.2f}")
+    short = LoraTrainingConfig(**{**cfg.__dict__, "max_steps": 12, "train_text_encoder": False,
+                                  "regularization_share": 0.0})
     probe = LoraTrainer(short, samples, tmp / "lora-probe")
     stamps = []
     probe.on_event = lambda e: stamps.append(time.perf_counter()) if e.kind == "step" else None
@@ -258,7 +285,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, 10k gallery, 40 prompts")
     p.add_argument("--skip", default="", help="comma list of: generation,cache,coldstart,gallery,adherence,lora")
-    p.add_argument("--lora-minutes", type=float, default=15.0, help="LoRA proof training time")
+    defaults = LoraProofRecipe()
+    p.add_argument("--lora-minutes", type=float, default=defaults.minutes, help="LoRA proof: training time cap")
+    p.add_argument("--lora-steps", type=int, default=defaults.max_steps, help="LoRA proof: steps (cosine schedule)")
+    p.add_argument("--lora-lr", type=float, default=defaults.learning_rate, help="LoRA proof: learning rate")
+    p.add_argument("--lora-rank", type=int, default=defaults.rank, help="LoRA proof: rank (= alpha)")
+    p.add_argument("--lora-reg-share", type=float, default=defaults.regularization_share,
+                   help="LoRA proof: share of each batch from regularization images")
+    p.add_argument("--lora-text-encoder", action="store_true", help="LoRA proof: train the text encoder too")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
@@ -272,7 +306,9 @@ def main(argv: list[str] | None = None) -> None:
             ("coldstart", lambda: bench_cold_start(tmp)),
             ("gallery", lambda: bench_gallery(tmp, 10_000 if args.quick else 100_000)),
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
-            ("lora", lambda: bench_lora(tmp / "l", 1.0 if args.quick else args.lora_minutes)),
+            ("lora", lambda: bench_lora(tmp / "l", LoraProofRecipe(
+                1.0 if args.quick else args.lora_minutes, args.lora_rank, args.lora_lr, args.lora_steps,
+                args.lora_reg_share, args.lora_text_encoder))),
         ]
         for name, run in sections:
             if name not in skip:
