@@ -163,3 +163,28 @@ def test_regularization_share_mixes_prior_images_into_batches(tiny_base, star_sa
     picks = [i for seed in range(50) for i in mixed._pick(random.Random(seed), images)]
     share = sum(i >= n for i in picks) / len(picks)
     assert 0.35 < share < 0.65
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_base, star_samples, tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+    writes = {"n": 0}
+
+    def fill_disk_on_second_checkpoint(tensors, filename, *args, **kwargs):
+        if "step-000020.tmp" in str(filename):
+            writes["n"] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fill_disk_on_second_checkpoint)
+    events = []
+    result = LoraTrainer(config(tiny_base, max_steps=30), star_samples, tmp_path / "run", events.append).run()
+    assert writes["n"] == 1 and result.kind == "error"
+    assert "No space left on device" in result.message and "step-000010" in result.message
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000010"]  # no partial folder
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    resumed = LoraTrainer(config(tiny_base, max_steps=30), star_samples, tmp_path / "run").run()
+    assert resumed.kind == "done" and resumed.step == 30

@@ -16,7 +16,8 @@ def read_losses(path):
 def test_short_training_lowers_loss_resumes_and_exports(tmp_path):
     work, out = tmp_path / "work", tmp_path / "model"
     common = ["--work-dir", str(work), "--out", str(out), "--vae-batch", "8", "--batch", "8",
-              "--num-scenes", "64", "--snapshot-minutes", "100", "--threads", "2"]
+              "--num-scenes", "64", "--snapshot-minutes", "100", "--threads", "2",
+              "--foreground-weight", "3", "--min-snr-minutes", "0.02", "--decay-minutes", "0.05"]
     main(common + ["--vae-minutes", "0.25", "--unet-minutes", "0.05"])
     vae = read_losses(work / "vae_loss.csv")
     assert len(vae) >= 3 and sum(vae[-3:]) < sum(vae[:3])
@@ -36,3 +37,17 @@ def test_short_training_lowers_loss_resumes_and_exports(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(out, torch_dtype=torch.float32, local_files_only=True)
     image = pipe("a red circle", num_inference_steps=2, width=128, height=128).images[0]
     assert image.size == (128, 128)
+
+
+def test_foreground_masks_cover_each_object():
+    from training.train_builtin import foreground_masks
+    from training.world import sample_scene
+
+    seeds = list(range(40))
+    masks = foreground_masks(seeds, 16)
+    for seed, mask in zip(seeds, masks):
+        scene = sample_scene(seed)
+        assert 0 < mask.mean() < 0.8
+        for obj in scene.objects:
+            assert mask[int(obj.centre[1] // 8), int(obj.centre[0] // 8)] == 1
+

@@ -82,6 +82,10 @@ class TrainingStopped(Exception):
     pass
 
 
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the message says which earlier checkpoint survives."""
+
+
 def bucket_size(width: int, height: int, resolution: int, step: int) -> tuple[int, int]:
     """Aspect bucket: about resolution^2 pixels, sides multiples of `step`."""
     aspect = width / height
@@ -208,13 +212,25 @@ class LoraTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, pipe, optimizer, step: int) -> Path:
+        """Write a checkpoint to a .tmp folder and rename it when complete; older ones are pruned only then.
+        On a failed write (disk full, ...) the partial folder is removed and CheckpointError says what is kept."""
+        root = self.run_dir / "checkpoints"
+        tmp = root / f"step-{step:06d}.tmp"
+        try:
+            return self._write_checkpoint(pipe, optimizer, step, root, tmp)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            kept = list_checkpoints(self.run_dir)
+            what = f"the previous checkpoint ({kept[-1].name}) is kept" if kept else "no earlier checkpoint exists"
+            raise CheckpointError(f"could not save the checkpoint of step {step} ({exc.strerror or exc}); "
+                                  f"{what}. Free some disk space and press Resume.") from exc
+
+    def _write_checkpoint(self, pipe, optimizer, step: int, root: Path, tmp: Path) -> Path:
         import torch
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        root = self.run_dir / "checkpoints"
         final = root / f"step-{step:06d}"
-        tmp = root / f"step-{step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(pipe.unet).items()},
@@ -298,11 +314,19 @@ class LoraTrainer:
         return out
 
     def run(self, stop: threading.Event | None = None) -> TrainingEvent:
-        """Train until max_steps or `stop`; always leaves a checkpoint of the last finished step."""
+        """Train until max_steps or `stop`; always leaves a checkpoint of the last finished step. A checkpoint
+        that cannot be written (disk full) ends the run with an error event; the previous checkpoint survives."""
+        try:
+            return self._run(stop or threading.Event())
+        except CheckpointError as exc:
+            event = TrainingEvent("error", 0, self.config.max_steps, message=str(exc))
+            self.on_event(event)
+            return event
+
+    def _run(self, stop: threading.Event) -> TrainingEvent:
         import torch
         from PIL import Image
 
-        stop = stop or threading.Event()
         cfg = self.config
         if not self.samples:
             raise ValueError("dataset is empty")

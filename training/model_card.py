@@ -90,7 +90,7 @@ Native size 128x128.
 
 ## Training
 - Command (resumable: run it again after a stop and it continues from its checkpoints):
-  `python -m training.train_builtin --work-dir runs/builtin --out assets/builtin-shapes --vae-minutes 22 --unet-minutes {round(minutes_unet)}`
+  `{state.get('command') or 'python -m training.train_builtin --work-dir runs/builtin --out assets/builtin-shapes'}`
 - Seed: {state['seed']}. Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU;
   torch bf16 autocast on CPU.
 - Training time (training steps only, evaluation paused): VAE {minutes_vae:.1f} min ({state['vae_step']} steps),
@@ -104,8 +104,10 @@ Native size 128x128.
   foreground-weighted L1+L2 loss (foreground x5) and a tiny KL (1e-6).
 - Text encoder: hidden 128, 4 layers, 4 heads, trained jointly with the UNet from scratch.
 - UNet: channels (64,128,128), cross-attention at 16x16 and 8x8 and in the middle block, 1 layer per block.
-- Objective: v-prediction with zero terminal SNR (rescaled betas), min-SNR-5 weighting, AdamW 6e-4, batch 32,
-  EMA 0.998, trailing timestep spacing.
+- Objective: v-prediction with zero terminal SNR (rescaled betas), AdamW 6e-4, batch 32, EMA 0.998, trailing
+  timestep spacing; min-SNR-5 weighting for the first {state.get('min_snr_minutes', minutes_unet):g} minutes,
+  then plain v-MSE (min-SNR gives the high-noise steps, where the layout is decided, almost no weight); the
+  learning rate decays linearly to 10% over the last {state.get('decay_minutes', 0):g} minutes.
 
 ## Curves
 - `loss.png`: training loss against training minutes.

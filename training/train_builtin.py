@@ -49,6 +49,22 @@ def _to_tensor(img) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
+def foreground_masks(seeds: list[int], latent_size: int) -> torch.Tensor:
+    """(N, latent_size, latent_size) masks: 1 on latent cells an object of the seed's scene covers, else 0."""
+    from training.world import IMAGE_SIZE, SIZES
+
+    cell = IMAGE_SIZE / latent_size
+    centres = (torch.arange(latent_size, dtype=torch.float32) + 0.5) * cell
+    yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+    masks = torch.zeros(len(seeds), latent_size, latent_size)
+    for n, seed in enumerate(seeds):
+        for obj in sample_scene(seed).objects:
+            reach = SIZES[obj.size] + cell / 2
+            inside = ((xx - obj.centre[0]).abs() <= reach) & ((yy - obj.centre[1]).abs() <= reach)
+            masks[n][inside] = 1.0
+    return masks
+
+
 class Trainer:
     """Holds the run's state; each phase method resumes where the state says it stopped."""
 
@@ -62,6 +78,8 @@ class Trainer:
             "latents_done": False,
         }
         self.state["command"] = "python -m training.train_builtin " + " ".join(os.sys.argv[1:])
+        self.state.update(min_snr_minutes=args.min_snr_minutes, decay_minutes=args.decay_minutes,
+                          foreground_weight=args.foreground_weight)
         torch.manual_seed(args.seed)
         self.tok_dir = self.work / "tokenizer"
         vocab_size = bm.write_tokenizer(self.tok_dir)
@@ -190,6 +208,7 @@ class Trainer:
         alphas = sched.alphas_cumprod
         snr = alphas / (1 - alphas).clamp(min=1e-8)
         mean, std, seeds, scale = data["mean"], data["std"], data["seeds"], data["scale"]
+        fg_masks = foreground_masks(seeds, mean.shape[-1]) if a.foreground_weight != 1 else None
         budget = a.unet_minutes * 60
         rng = random.Random(a.seed * 104729 + self.state["unet_step"])
         last_ck = time.time()
@@ -211,7 +230,10 @@ class Trainer:
                 ctx = self.encode_text(te, caps)
                 pred = unet(noisy, t, ctx).sample.float()
             w = self.loss_weight(snr[t])
-            loss = (((pred - target) ** 2).mean(dim=(1, 2, 3)) * w).mean()
+            err = (pred - target) ** 2
+            if fg_masks is not None:  # objects weigh more than background, so where they go is learned early
+                err = err * (1 + (a.foreground_weight - 1) * fg_masks[idx].unsqueeze(1))
+            loss = (err.mean(dim=(1, 2, 3)) * w).mean()
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite loss at step {step}; last checkpoint kept")
             opt.zero_grad(set_to_none=True)
@@ -309,6 +331,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--min-snr-minutes", type=float, default=0,
                    help="UNet minutes trained with min-SNR-5 weighting before switching to plain v-MSE")
+    p.add_argument("--foreground-weight", type=float, default=1.0,
+                   help="loss weight of latent cells covered by objects (1 = plain)")
     p.add_argument("--decay-minutes", type=float, default=0,
                    help="the learning rate decays linearly to 10%% over the last this many UNet minutes")
     p.add_argument("--ema", type=float, default=0.998)
