@@ -142,11 +142,10 @@ def bench_adherence(tmp: Path, limit: int | None) -> None:
     from PIL import Image
 
     from studio.generation_service import GenerationRequest
-    from training.evaluator import evaluate, heldout_prompt_set
+    from training.evaluator import evaluate_by_phrasing, heldout_scenes
 
-    prompts = heldout_prompt_set()
-    if limit:
-        prompts = prompts[:limit]
+    scenes = heldout_scenes()[:limit] if limit else heldout_scenes()
+    prompts = [(scene.caption, seed) for scene, seed in scenes]
     print(f"Built-in model adherence ({len(prompts)} held-out prompts, 20 steps, 128x128)", flush=True)
     services = _services(tmp)
     pairs, seconds = [], []
@@ -155,8 +154,11 @@ def bench_adherence(tmp: Path, limit: int | None) -> None:
         result = services.generation.generate(GenerationRequest(prompt=prompt, seed=seed, steps=20))
         seconds.append(time.perf_counter() - t0)
         pairs.append((prompt, Image.open(result.images[0].path).convert("RGB")))
-    for key, value in evaluate(pairs).items():
+    groups = evaluate_by_phrasing(pairs, scenes)
+    for key, value in groups.pop("all prompts").items():
         _line(key, f"{value:.3f}")
+    for label, scores in groups.items():
+        _line(label, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     _line("mean seconds per image (target <= 1 s)", f"{statistics.mean(seconds):.3f}")
 
 

@@ -137,3 +137,19 @@ def test_heldout_prompts_score_perfectly_on_their_own_scenes():
     assert {scene.pattern for scene, _ in scenes} == {"plain", "striped"}
     for scene, _ in scenes:  # the novel phrasings parse as meant and the analysis reads them back
         assert score(scene.caption, render(scene))["overall"] == 1, scene.caption
+
+
+def test_scores_split_by_phrasing_and_curve_subset_keeps_the_novel_share():
+    from training.evaluator import evaluate_by_phrasing
+    from training.model_card import curve_subset
+
+    scenes = heldout_scenes(20)
+    pairs = [(scene.caption, render(scene)) for scene, _ in scenes]
+    groups = evaluate_by_phrasing(pairs, scenes)
+    assert list(groups) == ["all prompts", "training-style phrasings", "novel phrasings"]
+    assert all(g["overall"] == 1 for g in groups.values())
+    full = heldout_scenes()
+    subset = curve_subset(list(range(len(full))), 48)
+    assert len(subset) == len(set(subset)) == 48
+    novel_share = sum(bool(full[i][0].attrs.get("novel")) for i in subset) / len(subset)
+    assert 0.3 < novel_share < 0.5

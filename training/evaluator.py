@@ -414,6 +414,15 @@ def evaluate(pairs) -> dict[str, float]:
     return result
 
 
+def evaluate_by_phrasing(pairs, scenes) -> dict[str, dict[str, float]]:
+    """evaluate() over all pairs, over those in the training captions' style and over the novel phrasings
+    (`scenes` are the heldout_scenes behind the pairs, in the same order)."""
+    novel = [bool(scene.attrs.get("novel")) for scene, _ in scenes]
+    return {"all prompts": evaluate(pairs),
+            "training-style phrasings": evaluate([p for p, n in zip(pairs, novel) if not n]),
+            "novel phrasings": evaluate([p for p, n in zip(pairs, novel) if n])}
+
+
 # ================================================================ benchmark prompt sets
 
 _NOVEL_POS = {
