@@ -212,6 +212,7 @@ class LoraProofRecipe:
     max_steps: int = 1000
     regularization_share: float = 0.5
     train_text_encoder: bool = False
+    caption_dropout: float = 0.0
 
 
 def _world_samples(folder: Path, scenes) -> list:
@@ -253,7 +254,8 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              learning_rate=recipe.learning_rate, lr_scheduler="cosine", warmup_steps=20,
                              max_steps=recipe.max_steps, batch_size=8, resolution=128, checkpoint_every=0,
                              validation_every=0, train_text_encoder=recipe.train_text_encoder, seed=0,
-                             regularization_share=recipe.regularization_share)
+                             regularization_share=recipe.regularization_share,
+                             caption_dropout=recipe.caption_dropout)
     stop = threading.Event()
     timer = threading.Timer(recipe.minutes * 60, stop.set)
     trainer = LoraTrainer(cfg, samples, tmp / "lora-run", regularization=prior)
@@ -295,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora-reg-share", type=float, default=defaults.regularization_share,
                    help="LoRA proof: share of each batch from regularization images")
     p.add_argument("--lora-text-encoder", action="store_true", help="LoRA proof: train the text encoder too")
+    p.add_argument("--lora-caption-dropout", type=float, default=defaults.caption_dropout,
+                   help="LoRA proof: share of captions replaced by an empty one")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
@@ -310,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
             ("lora", lambda: bench_lora(tmp / "l", LoraProofRecipe(
                 1.0 if args.quick else args.lora_minutes, args.lora_rank, args.lora_lr, args.lora_steps,
-                args.lora_reg_share, args.lora_text_encoder))),
+                args.lora_reg_share, args.lora_text_encoder, args.lora_caption_dropout))),
         ]
         for name, run in sections:
             if name not in skip:

@@ -188,3 +188,15 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_base, star_sa
     monkeypatch.setattr(safetensors.torch, "save_file", real)
     resumed = LoraTrainer(config(tiny_base, max_steps=30), star_samples, tmp_path / "run").run()
     assert resumed.kind == "done" and resumed.step == 30
+
+
+def test_caption_dropout_empties_that_share_of_captions(tiny_base, star_samples):
+    import random
+
+    idx = list(range(len(star_samples))) * 20
+    dropped = LoraTrainer(config(tiny_base, caption_dropout=0.5), star_samples, Path("unused"))
+    captions = dropped._captions(idx, random.Random(0))
+    assert 0.35 < captions.count("") / len(captions) < 0.65
+    assert set(captions) - {""} <= {s.caption for s in star_samples}
+    kept = LoraTrainer(config(tiny_base), star_samples, Path("unused"))
+    assert kept._captions(idx, random.Random(0)) == [star_samples[i].caption for i in idx]

@@ -54,6 +54,7 @@ class LoraTrainingConfig:
     mixed_precision: str = "no"
     trigger_word: str = ""
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
+    caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
     device: str = "cpu"
 
 
@@ -206,9 +207,15 @@ class LoraTrainer:
         x = torch.stack(pixels).to(pipe.device)
         with torch.no_grad():
             latents = pipe.vae.encode(x).latent_dist.sample() * pipe.vae.config.scaling_factor
+        return latents, self._captions(idx, rng)
+
+    def _captions(self, idx: list[int], rng: random.Random) -> list[str]:
+        """Captions of the picked images; each replaced by "" with probability `caption_dropout`."""
         everything = self.samples + self.regularization
         captions = [everything[i].caption for i in idx]
-        return latents, captions
+        if self.config.caption_dropout > 0:
+            captions = ["" if rng.random() < self.config.caption_dropout else c for c in captions]
+        return captions
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, pipe, optimizer, step: int) -> Path:

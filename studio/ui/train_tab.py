@@ -93,6 +93,8 @@ def create_tab(services):
                         train_te = gr.Checkbox(False, label="Train text encoder")
                     with gr.Row():
                         jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
+                        caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
+                                                    info="share of steps trained with an empty caption")
                         precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision",
                                                 info="bf16/fp16 where the device supports it")
                     with gr.Row():
@@ -211,7 +213,7 @@ def create_tab(services):
     @user_errors
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
-                 reg_share_v=0.0, trigger_v=""):
+                 reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -227,6 +229,7 @@ def create_tab(services):
             mixed_precision=prec_v, validation_prompts=[p.strip() for p in (prompts_v or "").splitlines()
                                                         if p.strip()],
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
+            caption_dropout=caption_dropout_v or 0.0,
             trigger_word=(trigger_v or "").strip(), device=services.models.device.device,
         )
         run_id = training.start(cfg, items, model_id, regularization)
@@ -235,7 +238,7 @@ def create_tab(services):
 
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
-                           reg_share, trigger],
+                           reg_share, trigger, caption_dropout],
                 current, api_name="train")
 
     def on_stop(run_id):
