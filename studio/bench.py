@@ -18,7 +18,6 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
-from dataclasses import dataclass
 from pathlib import Path
 
 from studio.settings import BUILTIN_MODEL_DIR, PROJECT_ROOT, Settings
@@ -313,8 +312,9 @@ def main(argv: list[str] | None = None) -> None:
             ("gallery", lambda: bench_gallery(tmp, 10_000 if args.quick else 100_000)),
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
             ("lora", lambda: bench_lora(tmp / "l", LoraProofRecipe(
-                1.0 if args.quick else args.lora_minutes, args.lora_rank, args.lora_lr, args.lora_steps,
-                args.lora_reg_share, args.lora_text_encoder, args.lora_caption_dropout))),
+                minutes=1.0 if args.quick else args.lora_minutes, rank=args.lora_rank, learning_rate=args.lora_lr,
+                max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
+                train_text_encoder=args.lora_text_encoder, caption_dropout=args.lora_caption_dropout))),
         ]
         for name, run in sections:
             if name not in skip:

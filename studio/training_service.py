@@ -55,6 +55,11 @@ class LiveRun:
     error: str = ""
 
 
+def _uncaptioned(items: list[DatasetItem]) -> list[str]:
+    """File names of the items whose caption is empty."""
+    return [Path(i.path).name for i in items if not i.caption.strip()]
+
+
 def _copy_samples(items: list[DatasetItem], folder: Path) -> list[TrainingSample]:
     """Copy images into a run's own folder with their caption in a .txt beside each (resume reads them back)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,7 +161,7 @@ class TrainingService:
     def validate(self, cfg: LoraTrainingConfig, items: list[DatasetItem]) -> LoraTrainingConfig:
         if not items:
             raise ValidationError("dataset is empty: add at least one image", "dataset")
-        missing = [Path(i.path).name for i in items if not i.caption.strip()]
+        missing = _uncaptioned(items)
         if missing:
             raise ValidationError(f"captions missing for {len(missing)} image(s) (e.g. {missing[0]}): write one "
                                   "or add a trigger word to all", "captions")
@@ -202,7 +207,7 @@ class TrainingService:
         if cfg.regularization_share > 0 and not regularization:
             raise ValidationError("regularization share is above 0 but no regularization images were given: add "
                                   "a folder of them or set the share to 0", "regularization")
-        unlabeled = [Path(i.path).name for i in regularization if not i.caption.strip()]
+        unlabeled = _uncaptioned(regularization)
         if unlabeled:
             raise ValidationError(f"regularization images need captions (a .txt beside each image): "
                                   f"{len(unlabeled)} have none (e.g. {unlabeled[0]})", "regularization")

@@ -133,6 +133,7 @@ class LoraTrainer:
         self.config = config
         self.samples = samples
         self.regularization = regularization or []  # images of what the base model already knows (prior)
+        self.all_samples = self.samples + self.regularization  # indices of _pick point into this
         self.run_dir = Path(run_dir)
         self.on_event = on_event or (lambda e: None)
         self.step_lock = step_lock or threading.Lock()
@@ -211,8 +212,7 @@ class LoraTrainer:
 
     def _captions(self, idx: list[int], rng: random.Random) -> list[str]:
         """Captions of the picked images; each replaced by "" with probability `caption_dropout`."""
-        everything = self.samples + self.regularization
-        captions = [everything[i].caption for i in idx]
+        captions = [self.all_samples[i].caption for i in idx]
         if self.config.caption_dropout > 0:
             captions = ["" if rng.random() < self.config.caption_dropout else c for c in captions]
         return captions
@@ -341,7 +341,7 @@ class LoraTrainer:
         torch.manual_seed(cfg.seed)
         pipe = self._load()
         images = []
-        for s in self.samples + self.regularization:
+        for s in self.all_samples:
             img = Image.open(s.image_path).convert("RGB")
             images.append((img, bucket_size(img.width, img.height, cfg.resolution, cfg.bucket_step)))
         params = self._trainable(pipe)

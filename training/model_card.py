@@ -143,7 +143,7 @@ Written {time.strftime('%Y-%m-%d %H:%M')}.
 
 
 def main(argv=None):
-    from training.evaluator import evaluate_by_phrasing, heldout_prompt_set, heldout_scenes
+    from training.evaluator import evaluate_by_phrasing, heldout_scenes
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default="runs/builtin")
@@ -152,7 +152,8 @@ def main(argv=None):
     p.add_argument("--final", action="store_true", help="also score the exported model on the full set")
     args = p.parse_args(argv)
     work, out = Path(args.work_dir), Path(args.out)
-    prompts = heldout_prompt_set()
+    scenes = heldout_scenes()
+    prompts = [(scene.caption, seed) for scene, seed in scenes]
     curve = adherence_curve(work, curve_subset(prompts, args.prompts))
     if curve:
         cats = sorted({k for scores in curve.values() for k in scores})
@@ -162,7 +163,6 @@ def main(argv=None):
     save_loss_curve(loss_by_minute(work), out / "loss.png", "Built-in model training loss", "training minutes")
     final = None
     if args.final:
-        scenes = heldout_scenes()
         final = evaluate_by_phrasing(generate_pairs(load_folder(out), prompts), scenes)
     write_card(work, out, curve, final)
     print(f"model card written to {out / 'README.md'}")
