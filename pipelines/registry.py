@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.embeddings import is_sidecar
+
 BUILTIN_ID = "builtin:shapes"
 CHECKPOINT_DIR = "Stable-diffusion"
 LORA_DIR = "Lora"
@@ -142,4 +144,5 @@ class ModelRegistry:
         root = self.models_dir / LORA_DIR
         if not root.is_dir():
             return {}
-        return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.safetensors"))}
+        return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.safetensors"))
+                if not is_sidecar(p)}

@@ -212,6 +212,8 @@ class LoraProofRecipe:
     regularization_share: float = 0.5
     train_text_encoder: bool = False
     caption_dropout: float = 0.0
+    train_embedding: bool = False  # pivotal tuning of the trigger word "star"
+    embedding_learning_rate: float = 5e-3
 
 
 def _world_samples(folder: Path, scenes) -> list:
@@ -234,6 +236,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
     from training.evaluator import concept_prompt_set, heldout_prompt_set, parse_prompt
     from training.lora_trainer import LoraTrainer, LoraTrainingConfig
     from training.model_card import score_pipeline
@@ -254,7 +257,9 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              max_steps=recipe.max_steps, batch_size=8, resolution=128, checkpoint_every=0,
                              validation_every=0, train_text_encoder=recipe.train_text_encoder, seed=0,
                              regularization_share=recipe.regularization_share,
-                             caption_dropout=recipe.caption_dropout)
+                             caption_dropout=recipe.caption_dropout, trigger_word="star",
+                             train_embedding=recipe.train_embedding,
+                             embedding_learning_rate=recipe.embedding_learning_rate)
     stop = threading.Event()
     timer = threading.Timer(recipe.minutes * 60, stop.set)
     trainer = LoraTrainer(cfg, samples, tmp / "lora-run", regularization=prior)
@@ -263,7 +268,9 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     timer.cancel()
     steps_per_s = result.step / result.seconds
     pipe.load_lora_weights(result.path)
-    after_star, after_other = score_pipeline(pipe, stars), score_pipeline(pipe, others)
+    with trigger_embeddings(pipe, [result.path]) as words:
+        after_star, after_other = (score_pipeline(pipe, prompts, rewrite=lambda p: use_trigger_tokens(p, words))
+                                   for prompts in (stars, others))
     for label, before, after in (("star prompts (target >= 0.7)", before_star, after_star),
                                  ("other concepts (target >= 0.8)", before_other, after_other)):
         _line(f"{label} overall before -> after", f"{before['overall']:.3f} -> {after['overall']:.3f}")
@@ -273,7 +280,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     _line("training time, steps, steps / s (batch 8, 128x128)",
           f"{result.seconds / 60:.1f} min, {result.step} steps, {steps_per_s:.2f}")
     short = LoraTrainingConfig(**{**cfg.__dict__, "max_steps": 12, "train_text_encoder": False,
-                                  "regularization_share": 0.0})
+                                  "regularization_share": 0.0, "train_embedding": False})
     probe = LoraTrainer(short, samples, tmp / "lora-probe")
     stamps = []
     probe.on_event = lambda e: stamps.append(time.perf_counter()) if e.kind == "step" else None
@@ -298,6 +305,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora-text-encoder", action="store_true", help="LoRA proof: train the text encoder too")
     p.add_argument("--lora-caption-dropout", type=float, default=defaults.caption_dropout,
                    help="LoRA proof: share of captions replaced by an empty one")
+    p.add_argument("--lora-embedding", action="store_true",
+                   help="LoRA proof: also train the trigger word's embedding (pivotal tuning)")
+    p.add_argument("--lora-embedding-lr", type=float, default=defaults.embedding_learning_rate,
+                   help="LoRA proof: learning rate of the trigger embedding")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
@@ -314,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
             ("lora", lambda: bench_lora(tmp / "l", LoraProofRecipe(
                 minutes=1.0 if args.quick else args.lora_minutes, rank=args.lora_rank, learning_rate=args.lora_lr,
                 max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
-                train_text_encoder=args.lora_text_encoder, caption_dropout=args.lora_caption_dropout))),
+                train_text_encoder=args.lora_text_encoder, caption_dropout=args.lora_caption_dropout,
+                train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr))),
         ]
         for name, run in sections:
             if name not in skip:

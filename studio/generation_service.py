@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines.generation import PipelineCall, StepUpdate, run_pipeline
+from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
 from pipelines.prompt_weighting import extract_lora_tags
 from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
 from studio.errors import ValidationError, check_range
@@ -179,23 +180,25 @@ class GenerationService:
             prompt, _ = extract_lora_tags(req.prompt)
             try:
                 self._apply_loras(pipe, req.loras)
-                for batch in range(req.batch_count):
-                    if cancel.is_set():
-                        break
-                    seeds = [(base_seed + batch * req.batch_size + i) % (MAX_SEED + 1)
-                             for i in range(req.batch_size)]
-                    pipe.scheduler = make_scheduler(req.sampler, dict(original_scheduler.config))
-                    call = PipelineCall(req.mode, prompt, req.negative_prompt, req.steps, req.cfg_scale,
-                                        req.width, req.height, seeds, req.init_image, req.mask_image, req.strength)
-                    first = len(saved)
+                with trigger_embeddings(pipe, [path for _, _, path in req.loras]) as words:
+                    prompt, negative = (use_trigger_tokens(text, words) for text in (prompt, req.negative_prompt))
+                    for batch in range(req.batch_count):
+                        if cancel.is_set():
+                            break
+                        seeds = [(base_seed + batch * req.batch_size + i) % (MAX_SEED + 1)
+                                 for i in range(req.batch_size)]
+                        pipe.scheduler = make_scheduler(req.sampler, dict(original_scheduler.config))
+                        call = PipelineCall(req.mode, prompt, negative, req.steps, req.cfg_scale, req.width,
+                                            req.height, seeds, req.init_image, req.mask_image, req.strength)
+                        first = len(saved)
 
-                    def step(update: StepUpdate, first=first):
-                        on_progress(first, total, update)
+                        def step(update: StepUpdate, first=first):
+                            on_progress(first, total, update)
 
-                    images = run_pipeline(pipe, call, self.models.device.device, cancel,
-                                          step if on_progress else None, preview_every)
-                    for image, seed in zip(images, seeds):
-                        saved.append(self._save(req, image, seed, model_hash, job_id))
+                        images = run_pipeline(pipe, call, self.models.device.device, cancel,
+                                              step if on_progress else None, preview_every)
+                        for image, seed in zip(images, seeds):
+                            saved.append(self._save(req, image, seed, model_hash, job_id))
             finally:
                 pipe.scheduler = original_scheduler
                 if req.loras:

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from pipelines.embeddings import sidecar_path, trigger_embeddings, use_trigger_tokens
 from studio.errors import BusyError, StudioError, ValidationError, check_range
 from training.lora_trainer import (LR_SCHEDULERS, PRECISIONS, LoraTrainer, LoraTrainingConfig, TrainingEvent,
                                    TrainingSample, list_checkpoints, saved_loss_history)
@@ -170,6 +171,12 @@ class TrainingService:
                                   "or digit", "name")
         if cfg.lr_scheduler not in LR_SCHEDULERS:
             raise ValidationError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}", "lr_scheduler")
+        if cfg.train_embedding and not cfg.trigger_word.strip():
+            raise ValidationError("training the trigger word's embedding needs a trigger word: type one (e.g. "
+                                  "'star') or untick 'Train trigger embedding'", "trigger_word")
+        if cfg.train_embedding and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", cfg.trigger_word.strip()):
+            raise ValidationError("trigger word for a trained embedding must be one word of 1-32 letters, digits, "
+                                  "'_' or '-', starting with a letter", "trigger_word")
         if cfg.mixed_precision not in PRECISIONS:
             raise ValidationError(f"mixed_precision must be one of {', '.join(PRECISIONS)}", "mixed_precision")
         return replace(
@@ -177,6 +184,9 @@ class TrainingService:
             rank=check_range("rank", cfg.rank, 1, 256, int),
             alpha=check_range("alpha", cfg.alpha, 0.1, 512, float),
             learning_rate=check_range("learning_rate", cfg.learning_rate, 1e-7, 1e-1, float),
+            embedding_learning_rate=check_range("embedding_learning_rate", cfg.embedding_learning_rate, 1e-6, 1.0,
+                                                float),
+            trigger_word=cfg.trigger_word.strip(),
             max_steps=check_range("max_steps", cfg.max_steps, 1, 100_000, int),
             batch_size=check_range("batch_size", cfg.batch_size, 1, 64, int),
             resolution=check_range("resolution", cfg.resolution, 64, 2048, int),
@@ -287,6 +297,8 @@ class TrainingService:
             target = self.lora_dir / f"{trainer.config.name}.safetensors"
             shutil.copyfile(event.path, target.with_suffix(".tmp"))
             target.with_suffix(".tmp").replace(target)
+            if sidecar_path(event.path).exists():  # the trained trigger embedding travels with the LoRA
+                shutil.copyfile(sidecar_path(event.path), sidecar_path(target))
             lora_path = str(target)
             self._save_curve(run_id, trainer.run_dir)
         live.status, live.lora_path = status, lora_path
@@ -370,11 +382,12 @@ class TrainingService:
                 pipe.load_lora_weights(str(f), adapter_name="compare")
                 row = []
                 try:
-                    for w in weights:
-                        pipe.set_adapters(["compare"], [w])
-                        g = torch.Generator("cpu").manual_seed(seed)
-                        row.append(pipe(prompt, num_inference_steps=steps, generator=g, width=cfg.resolution,
-                                        height=cfg.resolution).images[0])
+                    with trigger_embeddings(pipe, [f]) as words:
+                        for w in weights:
+                            pipe.set_adapters(["compare"], [w])
+                            g = torch.Generator("cpu").manual_seed(seed)
+                            row.append(pipe(use_trigger_tokens(prompt, words), num_inference_steps=steps,
+                                            generator=g, width=cfg.resolution, height=cfg.resolution).images[0])
                 finally:
                     pipe.delete_adapters(["compare"])
                 rows.append(row)

@@ -200,3 +200,44 @@ def test_caption_dropout_empties_that_share_of_captions(tiny_base, star_samples)
     assert set(captions) - {""} <= {s.caption for s in star_samples}
     kept = LoraTrainer(config(tiny_base), star_samples, Path("unused"))
     assert kept._captions(idx, random.Random(0)) == [star_samples[i].caption for i in idx]
+
+
+def test_trigger_embedding_trains_only_its_row_resumes_and_ships_inside_the_lora(tiny_base, star_samples, tmp_path):
+    """Pivotal tuning: the trigger word gets a new token whose embedding trains; every other row is unchanged;
+    the vector survives stop/resume and is bundled in the LoRA file, which diffusers still loads."""
+    from diffusers import StableDiffusionPipeline
+
+    from pipelines.embeddings import load_embedding, trigger_embeddings, use_trigger_tokens
+
+    cfg = config(tiny_base, max_steps=20, trigger_word="star", train_embedding=True, embedding_learning_rate=5e-2)
+    stop = threading.Event()
+    first = LoraTrainer(cfg, star_samples, tmp_path / "run",
+                        lambda e: stop.set() if e.kind == "step" and e.step == 10 else None)
+    first.run(stop)
+    assert first._captions([0], __import__("random").Random(0))[0].count("<star>") == 1
+    saved_at_10 = first.embedding.vector()
+    second = LoraTrainer(cfg, star_samples, tmp_path / "run")
+    done = second.run()
+    assert done.step == 20 and [s for s, _ in second.loss_history] == list(range(1, 21))
+
+    base = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
+    table = base.text_encoder.get_input_embeddings().weight.detach()
+    trained = second.embedding.weight.detach()
+    assert torch.equal(trained[:table.shape[0]], table)  # no row of the base vocabulary moved
+    init = table[base.tokenizer("star", add_special_tokens=False).input_ids].mean(0)
+    assert (trained[second.embedding.id] - init).abs().max() > 1e-3  # the trigger row did
+    assert not torch.equal(saved_at_10, second.embedding.vector())
+
+    word, vector = load_embedding(done.path)
+    assert word == "star" and torch.equal(vector, second.embedding.vector())
+    base.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, width=64, height=64, output_type="np")
+    before = base("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
+    base.load_lora_weights(done.path)
+    vocab = len(base.tokenizer)
+    with trigger_embeddings(base, [done.path]) as words:
+        prompt = use_trigger_tokens("a red Star, two stars", words)
+        assert prompt == "a red <star>, two stars" and len(base.tokenizer) == vocab + 1
+        after = base(prompt, generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert np.abs(after - before).mean() > 1e-4
+    assert len(base.tokenizer) == vocab and "<star>" not in base.tokenizer.get_vocab()  # removed afterwards

@@ -17,7 +17,8 @@ def test_short_training_lowers_loss_resumes_and_exports(tmp_path):
     work, out = tmp_path / "work", tmp_path / "model"
     common = ["--work-dir", str(work), "--out", str(out), "--vae-batch", "8", "--batch", "8",
               "--num-scenes", "64", "--snapshot-minutes", "100", "--threads", "2",
-              "--foreground-weight", "3", "--min-snr-minutes", "0.02", "--decay-minutes", "0.05"]
+              "--foreground-weight", "3", "--min-snr-minutes", "0.02", "--decay-minutes", "0.05",
+              "--caption-noise", "0.5", "--caption-shuffle", "0.5", "--high-noise-share", "0.3"]
     main(common + ["--vae-minutes", "0.25", "--unet-minutes", "0.05"])
     vae = read_losses(work / "vae_loss.csv")
     assert len(vae) >= 3 and sum(vae[-3:]) < sum(vae[:3])
@@ -37,6 +38,14 @@ def test_short_training_lowers_loss_resumes_and_exports(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(out, torch_dtype=torch.float32, local_files_only=True)
     image = pipe("a red circle", num_inference_steps=2, width=128, height=128).images[0]
     assert image.size == (128, 128)
+
+    # a new run can start from this model's VAE: no VAE training, its minutes carried over
+    work2 = tmp_path / "work2"
+    main(["--work-dir", str(work2), "--out", str(tmp_path / "model2"), "--vae-from", str(out), "--batch", "8",
+          "--num-scenes", "64", "--snapshot-minutes", "100", "--unet-minutes", "0.03"])
+    second = json.loads((work2 / "state.json").read_text())
+    assert second["vae_imported"] and second["vae_seconds"] == state["vae_seconds"]
+    assert not (work2 / "vae_loss.csv").exists() and second["unet_step"] >= 1
 
 
 def test_foreground_masks_cover_each_object():

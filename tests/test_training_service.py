@@ -57,6 +57,8 @@ def test_dataset_skips_corrupt_images_and_reads_captions(services, star_folder):
 @pytest.mark.parametrize("overrides,field", [
     ({"rank": 0}, "rank"), ({"learning_rate": 5.0}, "learning_rate"), ({"max_steps": 0}, "max_steps"),
     ({"name": "../evil"}, "name"), ({"lr_scheduler": "magic"}, "lr_scheduler"),
+    ({"train_embedding": True}, "trigger_word"), ({"train_embedding": True, "trigger_word": "two words"}, "trigger_word"),
+    ({"train_embedding": True, "trigger_word": "star", "embedding_learning_rate": 9.0}, "embedding_learning_rate"),
 ])
 def test_bad_parameters_name_the_field(services, star_folder, overrides, field):
     items, _ = services.training.load_dataset([str(star_folder)])
@@ -116,6 +118,30 @@ def test_run_in_background_records_history_and_lora_changes_generation(services,
 
     grid = services.training.compare(run_id, "a star", 1, [0.0, 1.0], steps=2)
     assert grid.width > 128 and grid.height > 64
+
+
+def test_trigger_embedding_travels_with_the_lora_into_generate(services, star_folder):
+    """Pivotal tuning through the studio: the sidecar is installed beside the LoRA (not listed as a LoRA of its
+    own), `star` in a prompt with the LoRA uses the trained token, and the tokenizer is clean afterwards."""
+    from pipelines.embeddings import sidecar_path
+
+    items, _ = services.training.load_dataset([str(star_folder)])
+    run_id = services.training.start(cfg(max_steps=6, name="starpt", trigger_word="star", train_embedding=True,
+                                         validation_every=3), items, TINY_MODEL_ID)
+    live = wait_for(services, run_id)
+    assert live.status == "done", live.error
+    assert sidecar_path(live.lora_path).exists() and "starpt" in services.models.registry.lora_files()
+    assert not any(name.endswith(".embedding") for name in services.models.registry.lora_files())
+
+    base = dict(model=TINY_MODEL_ID, steps=2, width=64, height=64, seed=3, sampler="Euler")
+    with_star = services.generation.generate(GenerationRequest(prompt="a star <lora:starpt:1>", **base)).images[0]
+    sidecar_path(live.lora_path).rename(live.lora_path + ".off")  # the same LoRA without its embedding
+    no_embedding = services.generation.generate(GenerationRequest(prompt="a star <lora:starpt:1>", **base)).images[0]
+    a, b = (np.asarray(Image.open(x.path), dtype=np.float32) for x in (with_star, no_embedding))
+    assert np.abs(a - b).mean() > 0.01, "the trained embedding changes what 'star' means"
+    assert "a star <lora:starpt:1>" in with_star.infotext  # the user's prompt is recorded as typed
+    with services.models.pipeline(TINY_MODEL_ID, "txt2img") as pipe:
+        assert "<star>" not in pipe.tokenizer.get_vocab()
 
 
 def test_unknown_lora_is_refused(services):

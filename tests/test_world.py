@@ -22,3 +22,22 @@ def test_base_scenes_hold_no_held_out_concepts():
     assert {sc.kind for sc in scenes} == {"single", "two", "count"}
     words = set(vocabulary())
     assert all(w in words for sc in scenes for w in sc.caption.split())
+
+
+def test_caption_augmentations_are_deterministic_and_keep_every_word():
+    import random
+
+    from training.world import caption_single, sample_scene, sprinkle_words
+
+    scene = next(s for s in map(sample_scene, range(100)) if s.kind == "single")
+    once = [caption_single(scene, random.Random(seed), 0.0, shuffle=True) for seed in range(20)]
+    assert once == [caption_single(scene, random.Random(seed), 0.0, shuffle=True) for seed in range(20)]
+    assert len(set(once)) > 2  # the phrases come in different orders
+    obj = scene.objects[0]
+    assert all(obj.colour in c and obj.shape in c and scene.background in c for c in once)
+    assert sum(c.startswith("on ") for c in once) > 0  # sometimes the background or position comes first
+    noisy = sprinkle_words(scene.caption, random.Random(4))
+    words, added = scene.caption.split(), noisy.split()
+    assert 1 <= len(added) - len(words) <= 2
+    it = iter(added)
+    assert all(w in it for w in words)  # the original words keep their order

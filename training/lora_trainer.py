@@ -53,6 +53,8 @@ class LoraTrainingConfig:
     keep_checkpoints: int = 3
     mixed_precision: str = "no"
     trigger_word: str = ""
+    train_embedding: bool = False  # pivotal tuning: learn an input embedding for the trigger word too
+    embedding_learning_rate: float = 5e-3
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
     device: str = "cpu"
@@ -124,6 +126,46 @@ def saved_loss_history(run_dir: Path) -> list[tuple[int, float]]:
     return [tuple(x) for x in state["loss_history"]]
 
 
+class TriggerEmbedding:
+    """A new token `<word>` whose input embedding is trained (pivotal tuning); every other row stays frozen.
+
+    The row starts from the mean embedding of the word's own tokens; a gradient mask keeps the rest unchanged."""
+
+    def __init__(self, pipe, word: str):
+        import torch
+
+        from pipelines.embeddings import embedding_token
+
+        self.word, self.token = word, embedding_token(word)
+        init_ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
+        embeddings = pipe.text_encoder.get_input_embeddings()
+        init = embeddings.weight.data[init_ids].mean(0)
+        pipe.tokenizer.add_tokens([self.token])
+        pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+        self.weight = pipe.text_encoder.get_input_embeddings().weight
+        self.id = pipe.tokenizer.convert_tokens_to_ids(self.token)
+        with torch.no_grad():
+            self.weight[self.id] = init
+        mask = torch.zeros(self.weight.shape[0], 1, dtype=self.weight.dtype, device=self.weight.device)
+        mask[self.id] = 1
+        self.weight.requires_grad_(True)
+        self.weight.register_hook(lambda grad: grad * mask)
+
+    def vector(self):
+        return self.weight.detach()[self.id:self.id + 1].clone()
+
+    def load(self, vector) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.weight[self.id] = vector.reshape(-1).to(self.weight)
+
+    def rewrite(self, text: str) -> str:
+        from pipelines.embeddings import use_trigger_tokens
+
+        return use_trigger_tokens(text, [self.word])
+
+
 class LoraTrainer:
     """Train one LoRA; `run()` may be called on a fresh run dir or one with checkpoints (resume)."""
 
@@ -158,13 +200,22 @@ class LoraTrainer:
             pipe.text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                                      target_modules=TEXT_TARGETS))
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.embedding = TriggerEmbedding(pipe, cfg.trigger_word) if cfg.train_embedding else None
         return pipe
 
-    def _trainable(self, pipe):
+    def _param_groups(self, pipe) -> list[dict]:
+        """LoRA weights at the learning rate; the trigger embedding (if trained) at its own, without decay."""
         params = [p for p in pipe.unet.parameters() if p.requires_grad]
         if self.config.train_text_encoder:
-            params += [p for p in pipe.text_encoder.parameters() if p.requires_grad]
-        return params
+            params += [p for p in pipe.text_encoder.parameters() if p.requires_grad and p is not self._emb_weight()]
+        groups = [{"params": params, "base_lr": self.config.learning_rate}]
+        if self.embedding:
+            groups.append({"params": [self.embedding.weight], "base_lr": self.config.embedding_learning_rate,
+                           "weight_decay": 0.0})
+        return groups
+
+    def _emb_weight(self):
+        return self.embedding.weight if self.embedding else None
 
     def _augment(self, image, rng: random.Random):
         from PIL import ImageEnhance, ImageOps
@@ -215,7 +266,7 @@ class LoraTrainer:
         captions = [self.all_samples[i].caption for i in idx]
         if self.config.caption_dropout > 0:
             captions = ["" if rng.random() < self.config.caption_dropout else c for c in captions]
-        return captions
+        return [self.embedding.rewrite(c) for c in captions] if self.embedding else captions
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, pipe, optimizer, step: int) -> Path:
@@ -264,6 +315,8 @@ class LoraTrainer:
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
+        from pipelines.embeddings import load_embedding
+
         checkpoints = list_checkpoints(self.run_dir)
         if not checkpoints:
             return 0
@@ -271,6 +324,8 @@ class LoraTrainer:
         set_peft_model_state_dict(pipe.unet, load_file(str(ck / "unet_peft.safetensors")))
         if self.config.train_text_encoder and (ck / "text_encoder_peft.safetensors").exists():
             set_peft_model_state_dict(pipe.text_encoder, load_file(str(ck / "text_encoder_peft.safetensors")))
+        if self.embedding:
+            self.embedding.load(load_embedding(ck / "lora.safetensors")[1])
         extra = torch.load(ck / "optim.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(extra["optimizer"])
         torch.set_rng_state(extra["torch_rng"])
@@ -286,6 +341,8 @@ class LoraTrainer:
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import load_file, save_file
 
+        from pipelines.embeddings import save_embedding, sidecar_path
+
         cfg = self.config
         folder = path.parent / (path.stem + ".parts")
         shutil.rmtree(folder, ignore_errors=True)
@@ -295,10 +352,13 @@ class LoraTrainer:
             folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
             text_encoder_lora_layers=te_layers, safe_serialization=True)
         tensors = load_file(str(folder / "pytorch_lora_weights.safetensors"))
+        if self.embedding:
+            save_embedding(path, cfg.trigger_word, self.embedding.vector())
         metadata = {"ss_base_model": cfg.base_model_id or cfg.base_model, "ss_steps": str(step),
                     "ss_network_dim": str(cfg.rank), "ss_network_alpha": str(cfg.alpha),
                     "ss_num_train_images": str(len(self.samples)), "ss_trigger_word": cfg.trigger_word,
                     "ss_num_reg_images": str(len(self.regularization)),
+                    "ss_trigger_embedding": sidecar_path(path).name if self.embedding else "",
                     "ss_learning_rate": str(cfg.learning_rate), "ss_resolution": str(cfg.resolution),
                     "studio_config": json.dumps(asdict(cfg))}
         tmp = path.with_suffix(".tmp")
@@ -314,10 +374,12 @@ class LoraTrainer:
         out = []
         for i, prompt in enumerate(self.config.validation_prompts):
             g = torch.Generator("cpu").manual_seed(self.config.seed + i)
+            if self.embedding:
+                prompt = self.embedding.rewrite(prompt)
             with torch.no_grad():
                 image = pipe(prompt, num_inference_steps=self.config.validation_steps, generator=g,
                              width=self.config.resolution, height=self.config.resolution).images[0]
-            out.append((prompt, image))
+            out.append((self.config.validation_prompts[i], image))
         return out
 
     def run(self, stop: threading.Event | None = None) -> TrainingEvent:
@@ -344,8 +406,9 @@ class LoraTrainer:
         for s in self.all_samples:
             img = Image.open(s.image_path).convert("RGB")
             images.append((img, bucket_size(img.width, img.height, cfg.resolution, cfg.bucket_step)))
-        params = self._trainable(pipe)
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
+        groups = self._param_groups(pipe)
+        params = [p for g in groups for p in g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=1e-2)
         step = self._restore(pipe, optimizer)
         if step:
             self.on_event(TrainingEvent("log", step, cfg.max_steps, message=f"resumed from step {step}"))
@@ -369,9 +432,10 @@ class LoraTrainer:
                     target = noise
                 ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                                      truncation=True, return_tensors="pt").input_ids.to(pipe.device)
-                lr = cfg.learning_rate * lr_factor(cfg.lr_scheduler, step, cfg.warmup_steps, cfg.max_steps)
+                factor = lr_factor(cfg.lr_scheduler, step, cfg.warmup_steps, cfg.max_steps)
+                lr = cfg.learning_rate * factor
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = group["base_lr"] * factor
                 with autocast:
                     ctx = pipe.text_encoder(ids)[0]
                     pred = pipe.unet(noisy, t, ctx).sample

@@ -19,19 +19,20 @@ from pathlib import Path
 from training.curves import save_loss_curve, save_series_plot
 
 
-def generate_pairs(pipe, prompts: list[tuple[str, int]], steps: int = 20) -> list:
-    """(prompt, image) for each (prompt, seed), generated at 128x128 with `pipe`."""
+def generate_pairs(pipe, prompts: list[tuple[str, int]], steps: int = 20, rewrite=lambda p: p) -> list:
+    """(prompt, image) for each (prompt, seed), generated at 128x128 with `pipe` from `rewrite(prompt)`."""
     import torch
 
-    return [(prompt, pipe(prompt, num_inference_steps=steps, width=128, height=128,
+    return [(prompt, pipe(rewrite(prompt), num_inference_steps=steps, width=128, height=128,
                           generator=torch.Generator().manual_seed(seed)).images[0]) for prompt, seed in prompts]
 
 
-def score_pipeline(pipe, prompts: list[tuple[str, int]], steps: int = 20) -> dict[str, float]:
-    """Generate each (prompt, seed) with `pipe` and score the images with the evaluator."""
+def score_pipeline(pipe, prompts: list[tuple[str, int]], steps: int = 20, rewrite=lambda p: p) -> dict[str, float]:
+    """Generate each (prompt, seed) with `pipe` (from `rewrite(prompt)`) and score the images against the
+    prompt with the evaluator."""
     from training.evaluator import evaluate
 
-    return evaluate(generate_pairs(pipe, prompts, steps))
+    return evaluate(generate_pairs(pipe, prompts, steps, rewrite))
 
 
 def load_folder(model_dir: Path):
@@ -99,6 +100,26 @@ def write_card(work: Path, out: Path, curve: dict, final_scores: dict | None) ->
         final = ("| category | " + " | ".join(groups) + " |\n|" + "---|" * (len(groups) + 1) + "\n" +
                  "\n".join(f"| {cat} | " + " | ".join(f"{final_scores[g].get(cat, float('nan')):.3f}" for g in groups)
                            + " |" for cat in final_scores[groups[0]]))
+    snr_minutes = state.get("min_snr_minutes", minutes_unet)
+    weighting = (f"min-SNR-5 weighting for the first {snr_minutes:g} minutes, then plain v-MSE (min-SNR gives the "
+                 "high-noise steps, where the layout is decided, almost no weight)" if snr_minutes else
+                 "plain v-MSE throughout (min-SNR would give the high-noise steps, where the layout is decided, "
+                 "almost no weight)")
+    extras = ""
+    if state.get("foreground_weight", 1) != 1:
+        extras += f" Latent cells covered by objects weigh x{state['foreground_weight']:g} in the loss."
+    if state.get("high_noise_share"):
+        extras += (f" {state['high_noise_share']:.0%} of the timesteps are drawn from the noisiest 40% (where "
+                   "position, two objects and counts are decided), the rest uniformly.")
+    caption_extras = ""
+    if state.get("caption_noise") or state.get("caption_shuffle"):
+        caption_extras = (f"{state.get('caption_noise', 0):.0%} of captions get 1-2 words that carry no scene "
+                          "information (filler words or made-up letter strings) at random places, and "
+                          f"{state.get('caption_shuffle', 0):.0%} of single-object captions put their object, "
+                          "position and background phrases in any order, so words the model never learned do "
+                          "not break the ones it did (the benchmark's novel templates are never used).")
+    vae_origin = (f" Trained once and reused by this run (its {minutes_vae:.1f} minutes count in the total): "
+                  f"`{state['vae_from']}`." if state.get("vae_imported") else "")
     card = f"""# Built-in model: shapes world
 
 A tiny Stable-Diffusion-architecture model (CLIP-style BPE tokenizer made from the world's vocabulary,
@@ -117,16 +138,15 @@ Native size 128x128.
 - Data recipe (`training/world.py`): 8 colours, circle/square/triangle, sizes small/large, five positions
   (left/right/top/bottom/center), plain (3/4) or striped (1/4) backgrounds; 70% single-object scenes, 15% two
   objects (left/right or top/bottom), 15% counts (1-3); captions re-phrased every time a scene is drawn, with
-  each attribute dropped 15% of the time and 10% empty captions (for classifier-free guidance). 20,000 cached
-  scenes. **Held out** of base training: the star shape and the dotted pattern (LoRA material).
+  each attribute dropped 15% of the time and 10% empty captions (for classifier-free guidance); {caption_extras}
+  20,000 cached scenes. **Held out** of base training: the star shape and the dotted pattern (LoRA material).
 - VAE: f8 (16x16x4 latents at 128x128), channels (32,64,64,64), trained on random 64x64 crops with a
-  foreground-weighted L1+L2 loss (foreground x5) and a tiny KL (1e-6).
+  foreground-weighted L1+L2 loss (foreground x5) and a tiny KL (1e-6).{vae_origin}
 - Text encoder: hidden 128, 4 layers, 4 heads, trained jointly with the UNet from scratch.
 - UNet: channels (64,128,128), cross-attention at 16x16 and 8x8 and in the middle block, 1 layer per block.
 - Objective: v-prediction with zero terminal SNR (rescaled betas), AdamW 6e-4, batch 32, EMA 0.998, trailing
-  timestep spacing; min-SNR-5 weighting for the first {state.get('min_snr_minutes', minutes_unet):g} minutes,
-  then plain v-MSE (min-SNR gives the high-noise steps, where the layout is decided, almost no weight); the
-  learning rate decays linearly to 10% over the last {state.get('decay_minutes', 0):g} minutes.
+  timestep spacing; {weighting}; the learning rate decays linearly to 10% over the last
+  {state.get('decay_minutes', 0):g} minutes.{extras}
 
 ## Curves
 - `loss.png`: training loss against training minutes.

@@ -3,12 +3,15 @@
     python -m training.train_builtin --work-dir runs/builtin --out assets/builtin-shapes
 
 Phases (each resumable, state in <work-dir>/state.json, checkpoints written to a temp file then renamed):
-  1. vae      AutoencoderKL on random 64x64 crops, foreground-weighted L1+MSE (+ tiny KL)
+  1. vae      AutoencoderKL on random 64x64 crops, foreground-weighted L1+MSE (+ tiny KL); or `--vae-from` an
+              earlier run's model folder (its VAE minutes count towards this model's total)
   2. latents  encode a fixed scene set once (latent cache)
   3. unet     text encoder + UNet jointly, v-prediction, zero terminal SNR, EMA; min-SNR-5 weighting for the
               first `--min-snr-minutes`, then plain v-MSE (min-SNR all but ignores the high-noise steps where the
               layout, and so position and background, is decided); the learning rate decays linearly to 10%
-              over the last `--decay-minutes`
+              over the last `--decay-minutes`; options: `--foreground-weight` (object cells weigh more),
+              `--high-noise-share` (more of the noisiest timesteps), `--caption-noise` / `--caption-shuffle`
+              (filler or made-up words, any phrase order: robustness to phrasings never seen)
   4. export   a normal diffusers folder (fp16) that StableDiffusionPipeline.from_pretrained loads offline
 Only time spent on training steps counts towards the budgets; EMA snapshots are kept every
 `--snapshot-minutes` of training time so adherence can be plotted against training minutes.
@@ -30,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from training import builtin_model as bm
-from training.world import COLOURS, SHAPES, PATTERNS, caption_count, caption_single, caption_two, render, sample_scene
+from training.world import (COLOURS, PATTERNS, SHAPES, caption_count, caption_single, caption_two, render,
+                           sample_scene, sprinkle_words)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -79,7 +83,8 @@ class Trainer:
         }
         self.state["command"] = "python -m training.train_builtin " + " ".join(os.sys.argv[1:])
         self.state.update(min_snr_minutes=args.min_snr_minutes, decay_minutes=args.decay_minutes,
-                          foreground_weight=args.foreground_weight)
+                          foreground_weight=args.foreground_weight, caption_noise=args.caption_noise,
+                          caption_shuffle=args.caption_shuffle, high_noise_share=args.high_noise_share)
         torch.manual_seed(args.seed)
         self.tok_dir = self.work / "tokenizer"
         vocab_size = bm.write_tokenizer(self.tok_dir)
@@ -138,6 +143,22 @@ class Trainer:
                 last_ck = time.time()
         return vae
 
+    def import_vae(self, folder: Path) -> None:
+        """Start from an already trained VAE (a diffusers folder with its training_state.json); its training
+        minutes count towards this model's total. Done once; later runs keep the imported copy."""
+        from diffusers import AutoencoderKL
+
+        if (self.work / "vae.pt").exists():
+            return
+        trained = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+        vae = bm.make_vae()
+        vae.load_state_dict(trained.state_dict())
+        _atomic_save({"model": vae.state_dict()}, self.work / "vae.pt")
+        origin = json.loads((folder / "training_state.json").read_text())
+        self.state.update(vae_seconds=origin["vae_seconds"], vae_step=origin["vae_step"], vae_imported=True,
+                          vae_from=origin.get("command", str(folder)))
+        self.save_state()
+
     def load_vae(self):
         vae = bm.make_vae()
         vae.load_state_dict(_load(self.work / "vae.pt")["model"])
@@ -170,11 +191,15 @@ class Trainer:
     # ------------------------------------------------------------------ UNet + text encoder
     def caption(self, seed: int, rng: random.Random) -> str:
         """A fresh phrasing of the cached scene's caption (the scene itself is fixed by its seed)."""
+        a = self.args
         scene = sample_scene(seed)
-        if rng.random() < self.args.empty_caption:
+        if rng.random() < a.empty_caption:
             return ""
-        fn = {"single": lambda s, r: caption_single(s, r, 0.15), "two": caption_two, "count": caption_count}
-        return fn[scene.kind](scene, rng)
+        if scene.kind == "single":
+            text = caption_single(scene, rng, 0.15, shuffle=rng.random() < a.caption_shuffle)
+        else:
+            text = {"two": caption_two, "count": caption_count}[scene.kind](scene, rng)
+        return sprinkle_words(text, rng) if rng.random() < a.caption_noise else text
 
     def encode_text(self, te, captions: list[str]) -> torch.Tensor:
         ids = self.tokenizer(captions, padding="max_length", max_length=bm.MAX_TOKENS, truncation=True,
@@ -220,7 +245,7 @@ class Trainer:
             lat = (mean[idx].float() + std[idx].float() * torch.randn(len(idx), 4, 16, 16)) * scale
             caps = [self.caption(seeds[i], rng) for i in idx.tolist()]
             noise = torch.randn_like(lat)
-            t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),))
+            t = self.sample_timesteps(len(idx), sched.config.num_train_timesteps)
             noisy = sched.add_noise(lat, noise, t)
             target = sched.get_velocity(lat, noise, t)
             factor = self.lr_factor(step)
@@ -261,6 +286,13 @@ class Trainer:
                 self.save_state()
                 last_ck = time.time()
         return ema_unet, ema_te
+
+    def sample_timesteps(self, n: int, total: int) -> torch.Tensor:
+        """Uniform timesteps, except that a `--high-noise-share` of them come from the noisiest 40%, where the
+        layout (position, two objects, counts) is decided."""
+        t = torch.randint(0, total, (n,))
+        high = torch.rand(n) < self.args.high_noise_share
+        return torch.where(high, torch.randint(int(total * 0.6), total, (n,)), t)
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up, constant, then a linear decay to 10% over the last `--decay-minutes` of the budget."""
@@ -323,6 +355,7 @@ def parse_args(argv=None):
     p.add_argument("--vae-minutes", type=float, default=8)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-from", default="", help="start from this trained model folder's VAE (its minutes count)")
     p.add_argument("--num-scenes", type=int, default=20000)
     p.add_argument("--unet-minutes", type=float, default=90)
     p.add_argument("--batch", type=int, default=32)
@@ -337,6 +370,12 @@ def parse_args(argv=None):
                    help="the learning rate decays linearly to 10%% over the last this many UNet minutes")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--empty-caption", type=float, default=0.1)
+    p.add_argument("--caption-noise", type=float, default=0.0,
+                   help="share of captions given 1-2 filler or made-up words (robustness to unseen phrasings)")
+    p.add_argument("--caption-shuffle", type=float, default=0.0,
+                   help="share of single-object captions whose phrases come in any order")
+    p.add_argument("--high-noise-share", type=float, default=0.0,
+                   help="share of timesteps drawn from the noisiest 40%% (where the layout is decided)")
     p.add_argument("--snapshot-minutes", type=float, default=10)
     return p.parse_args(argv)
 
@@ -345,7 +384,9 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     trainer = Trainer(args)
-    if trainer.state["vae_seconds"] < args.vae_minutes * 60:
+    if args.vae_from:
+        trainer.import_vae(Path(args.vae_from))
+    if not trainer.state.get("vae_imported") and trainer.state["vae_seconds"] < args.vae_minutes * 60:
         trainer.train_vae()
     data = trainer.cache_latents()
     ema_unet, ema_te = trainer.train_unet(data)

@@ -148,8 +148,9 @@ def describe_object(obj: ShapeObject, rng: random.Random, keep: dict[str, bool],
     return phrase if plural else f"{_article(phrase)} {phrase}"
 
 
-def caption_single(scene: Scene, rng: random.Random, drop: float = 0.0) -> str:
-    """Caption for a one-object scene; each attribute is dropped with probability `drop`."""
+def caption_single(scene: Scene, rng: random.Random, drop: float = 0.0, shuffle: bool = False) -> str:
+    """Caption for a one-object scene; each attribute is dropped with probability `drop`; `shuffle` puts the
+    object, position and background phrases in any order (else only position and background may swap)."""
     obj = scene.objects[0]
     keep = {k: rng.random() >= drop for k in ("size", "colour", "position", "background")}
     noun = describe_object(obj, rng, keep)
@@ -158,9 +159,27 @@ def caption_single(scene: Scene, rng: random.Random, drop: float = 0.0) -> str:
         parts.append(_position_phrase(obj.position, rng))
     if keep["background"]:
         parts.append(_bg_phrase(scene.background, scene.pattern, rng))
-    if rng.random() < 0.5 and len(parts) == 3:
+    if shuffle:
+        rng.shuffle(parts)
+    elif rng.random() < 0.5 and len(parts) == 3:
         parts[1], parts[2] = parts[2], parts[1]
     return " ".join(parts)
+
+
+FILLER_WORDS = ("with", "image", "photo", "picture", "drawing", "of", "there", "is", "shape", "object", "style")
+
+
+def sprinkle_words(caption: str, rng: random.Random, most: int = 2) -> str:
+    """Insert 1..`most` words that carry no scene information (filler words, or made-up words the tokenizer
+    splits into characters) at random places, so a model learns to ignore words it has no use for."""
+    words = caption.split()
+    for _ in range(rng.randint(1, most)):
+        if rng.random() < 0.5:
+            word = rng.choice(FILLER_WORDS)
+        else:
+            word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+        words.insert(rng.randint(0, len(words)), word)
+    return " ".join(words)
 
 
 def caption_two(scene: Scene, rng: random.Random) -> str:

@@ -21,6 +21,17 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _row_label(index: int, path: str) -> str:
+    """What the caption table shows for an image: its number and file name (the full path is kept in state)."""
+    return f"{index + 1}. {Path(path).name}"
+
+
+def _row_index(label) -> int:
+    """The dataset index a caption-table row stands for (-1 when the label is not one of ours)."""
+    head = str(label).split(".", 1)[0]
+    return int(head) - 1 if head.isdigit() else -1
+
+
 def curve_frame(losses: list[tuple[int, float]]):
     import pandas as pd
 
@@ -91,6 +102,8 @@ def create_tab(services):
                         flip = gr.Checkbox(False, label="Random flip")
                         crop = gr.Checkbox(False, label="Random crop")
                         train_te = gr.Checkbox(False, label="Train text encoder")
+                        train_emb = gr.Checkbox(False, label="Train trigger embedding",
+                                                info="pivotal tuning: a new embedding for the trigger word")
                     with gr.Row():
                         jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
                         caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
@@ -136,7 +149,7 @@ def create_tab(services):
         timer = gr.Timer(POLL_SECONDS, active=True)
 
     def show_dataset(items, skipped=()):
-        rows = [[i.path, i.caption] for i in items]
+        rows = [[_row_label(n, i.path), i.caption] for n, i in enumerate(items)]
         text = f"Dataset: **{len(items)}** images, {sum(1 for i in items if i.caption.strip())} captioned"
         if skipped:
             text += f" · skipped {len(skipped)} unreadable: " + ", ".join(skipped[:5])
@@ -169,8 +182,8 @@ def create_tab(services):
 
     def on_table_edit(frame, items):
         rows = frame.values.tolist() if hasattr(frame, "values") else frame
-        captions = {str(r[0]): str(r[1] or "") for r in rows}
-        return [DatasetItem(i.path, captions.get(i.path, i.caption)) for i in items]
+        captions = {_row_index(r[0]): str(r[1] or "") for r in rows}
+        return [DatasetItem(i.path, captions.get(n, i.caption)) for n, i in enumerate(items)]
 
     def on_trigger(word, items):
         return show_dataset(training.add_trigger(items, word or ""))
@@ -213,7 +226,7 @@ def create_tab(services):
     @user_errors
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
-                 reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0):
+                 reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -229,7 +242,7 @@ def create_tab(services):
             mixed_precision=prec_v, validation_prompts=[p.strip() for p in (prompts_v or "").splitlines()
                                                         if p.strip()],
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
-            caption_dropout=caption_dropout_v or 0.0,
+            caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
             trigger_word=(trigger_v or "").strip(), device=services.models.device.device,
         )
         run_id = training.start(cfg, items, model_id, regularization)
@@ -238,7 +251,7 @@ def create_tab(services):
 
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
-                           reg_share, trigger, caption_dropout],
+                           reg_share, trigger, caption_dropout, train_emb],
                 current, api_name="train")
 
     def on_stop(run_id):
