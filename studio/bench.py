@@ -161,7 +161,7 @@ def bench_adherence(tmp: Path, limit: int | None) -> None:
     _line("mean seconds per image (target <= 1 s)", f"{statistics.mean(seconds):.3f}")
 
 
-def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int) -> float:
+def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int, targets: list[str]) -> float:
     """Seconds per step of a plain peft + diffusers LoRA loop on the same data (the reference)."""
     import numpy as np
     import torch
@@ -172,8 +172,7 @@ def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int) -> 
     pipe = StableDiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
-    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                     target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -212,6 +211,7 @@ class LoraProofRecipe:
     regularization_share: float = 0.5
     train_text_encoder: bool = False
     caption_dropout: float = 0.0
+    train_conv: bool = False  # LoCon: convolutions and feed-forward layers too
     train_embedding: bool = False  # pivotal tuning of the trigger word "star"
     embedding_learning_rate: float = 5e-3
 
@@ -238,7 +238,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
 
     from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
     from training.evaluator import concept_prompt_set, heldout_prompt_set, parse_prompt
-    from training.lora_trainer import LoraTrainer, LoraTrainingConfig
+    from training.lora_trainer import LoraTrainer, LoraTrainingConfig, unet_targets
     from training.model_card import score_pipeline
     from training.world import concept_scene, sample_scene
 
@@ -258,7 +258,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              validation_every=0, train_text_encoder=recipe.train_text_encoder, seed=0,
                              regularization_share=recipe.regularization_share,
                              caption_dropout=recipe.caption_dropout, trigger_word="star",
-                             train_embedding=recipe.train_embedding,
+                             train_embedding=recipe.train_embedding, train_conv=recipe.train_conv,
                              embedding_learning_rate=recipe.embedding_learning_rate)
     stop = threading.Event()
     timer = threading.Timer(recipe.minutes * 60, stop.set)
@@ -286,7 +286,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     probe.on_event = lambda e: stamps.append(time.perf_counter()) if e.kind == "step" else None
     probe.run()
     ours = statistics.median([b - a for a, b in zip(stamps[2:], stamps[3:])])
-    bare = _bare_lora_steps(BUILTIN_MODEL_DIR, samples, 12, 8, 8)
+    bare = _bare_lora_steps(BUILTIN_MODEL_DIR, samples, 12, 8, recipe.rank, unet_targets(recipe.train_conv))
     _line("step time studio trainer / bare peft loop (target <= 1.1)", f"{ours / bare:.3f} "
           f"({ours * 1000:.0f} ms vs {bare * 1000:.0f} ms)")
 
@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora-text-encoder", action="store_true", help="LoRA proof: train the text encoder too")
     p.add_argument("--lora-caption-dropout", type=float, default=defaults.caption_dropout,
                    help="LoRA proof: share of captions replaced by an empty one")
+    p.add_argument("--lora-conv", action="store_true",
+                   help="LoRA proof: LoCon (the UNet's convolutions and feed-forward layers too)")
     p.add_argument("--lora-embedding", action="store_true",
                    help="LoRA proof: also train the trigger word's embedding (pivotal tuning)")
     p.add_argument("--lora-embedding-lr", type=float, default=defaults.embedding_learning_rate,
@@ -326,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
                 minutes=1.0 if args.quick else args.lora_minutes, rank=args.lora_rank, learning_rate=args.lora_lr,
                 max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
                 train_text_encoder=args.lora_text_encoder, caption_dropout=args.lora_caption_dropout,
-                train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr))),
+                train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
+                train_conv=args.lora_conv))),
         ]
         for name, run in sections:
             if name not in skip:

@@ -241,3 +241,22 @@ def test_trigger_embedding_trains_only_its_row_resumes_and_ships_inside_the_lora
         after = base(prompt, generator=torch.Generator().manual_seed(0), **kwargs).images
     assert np.abs(after - before).mean() > 1e-4
     assert len(base.tokenizer) == vocab and "<star>" not in base.tokenizer.get_vocab()  # removed afterwards
+
+
+def test_locon_adapts_the_convolutions_and_still_loads_in_diffusers(tiny_base, star_samples, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    done = LoraTrainer(config(tiny_base, max_steps=8, checkpoint_every=0, train_conv=True), star_samples,
+                       tmp_path / "run").run()
+    with safe_open(done.path, framework="pt") as fh:
+        keys, meta = list(fh.keys()), fh.metadata()
+    assert any(".resnets.0.conv1.lora_A" in k for k in keys) and any(".to_q.lora" in k for k in keys)
+    assert meta["ss_conv_dim"] == "4"
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, width=64, height=64, output_type="np")
+    before = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
+    pipe.load_lora_weights(done.path)
+    after = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert np.abs(after - before).mean() > 1e-4

@@ -22,6 +22,9 @@ from typing import Callable
 LR_SCHEDULERS = ("constant", "cosine", "linear")
 PRECISIONS = ("no", "bf16", "fp16")
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+# LoCon: the ResNet convolutions and the transformer blocks' projections and feed-forward too, for concepts the
+# base model cannot yet draw (attention-only LoRA can only re-route what the convolutions already know)
+UNET_CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
@@ -45,6 +48,7 @@ class LoraTrainingConfig:
     random_crop: bool = False
     color_jitter: float = 0.0
     train_text_encoder: bool = False
+    train_conv: bool = False  # LoCon: LoRA on the UNet's convolutions and feed-forward layers as well
     seed: int = 0
     validation_prompts: list[str] = field(default_factory=list)
     validation_every: int = 100
@@ -87,6 +91,11 @@ class TrainingStopped(Exception):
 
 class CheckpointError(OSError):
     """A checkpoint could not be written; the message says which earlier checkpoint survives."""
+
+
+def unet_targets(train_conv: bool) -> list[str]:
+    """The UNet module names a LoRA adapts: attention projections, plus LoCon's layers when `train_conv`."""
+    return UNET_TARGETS + (UNET_CONV_TARGETS if train_conv else [])
 
 
 def bucket_size(width: int, height: int, resolution: int, step: int) -> tuple[int, int]:
@@ -195,7 +204,7 @@ class LoraTrainer:
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
         pipe.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                         target_modules=UNET_TARGETS))
+                                         target_modules=unet_targets(cfg.train_conv)))
         if cfg.train_text_encoder:
             pipe.text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                                      target_modules=TEXT_TARGETS))
@@ -356,6 +365,7 @@ class LoraTrainer:
             save_embedding(path, cfg.trigger_word, self.embedding.vector())
         metadata = {"ss_base_model": cfg.base_model_id or cfg.base_model, "ss_steps": str(step),
                     "ss_network_dim": str(cfg.rank), "ss_network_alpha": str(cfg.alpha),
+                    "ss_conv_dim": str(cfg.rank if cfg.train_conv else 0),
                     "ss_num_train_images": str(len(self.samples)), "ss_trigger_word": cfg.trigger_word,
                     "ss_num_reg_images": str(len(self.regularization)),
                     "ss_trigger_embedding": sidecar_path(path).name if self.embedding else "",

@@ -102,6 +102,8 @@ def create_tab(services):
                         flip = gr.Checkbox(False, label="Random flip")
                         crop = gr.Checkbox(False, label="Random crop")
                         train_te = gr.Checkbox(False, label="Train text encoder")
+                        train_conv = gr.Checkbox(False, label="LoCon (convolutions too)",
+                                                 info="for concepts the base model cannot draw yet")
                         train_emb = gr.Checkbox(False, label="Train trigger embedding",
                                                 info="pivotal tuning: a new embedding for the trigger word")
                     with gr.Row():
@@ -226,7 +228,8 @@ def create_tab(services):
     @user_errors
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
-                 reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False):
+                 reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
+                 train_conv_v=False):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -243,6 +246,7 @@ def create_tab(services):
                                                         if p.strip()],
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
             caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
+            train_conv=bool(train_conv_v),
             trigger_word=(trigger_v or "").strip(), device=services.models.device.device,
         )
         run_id = training.start(cfg, items, model_id, regularization)
@@ -251,7 +255,7 @@ def create_tab(services):
 
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
-                           reg_share, trigger, caption_dropout, train_emb],
+                           reg_share, trigger, caption_dropout, train_emb, train_conv],
                 current, api_name="train")
 
     def on_stop(run_id):
