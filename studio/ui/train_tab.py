@@ -102,10 +102,11 @@ def create_tab(services):
                         flip = gr.Checkbox(False, label="Random flip")
                         crop = gr.Checkbox(False, label="Random crop")
                         train_te = gr.Checkbox(False, label="Train text encoder")
-                        train_conv = gr.Checkbox(False, label="LoCon (convolutions too)",
-                                                 info="for concepts the base model cannot draw yet")
-                        train_emb = gr.Checkbox(False, label="Train trigger embedding",
-                                                info="pivotal tuning: a new embedding for the trigger word")
+                    with gr.Row():
+                        train_conv = gr.Checkbox(False, label="LoCon",
+                                                 info="convolutions too: for shapes the base model cannot draw yet")
+                        train_emb = gr.Checkbox(False, label="Trigger embedding",
+                                                info="pivotal tuning: learns a new embedding for the trigger word")
                     with gr.Row():
                         jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
                         caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
