@@ -205,14 +205,14 @@ class LoraProofRecipe:
     """How the LoRA proof trains (flags of the bench command; defaults are the measured recipe)."""
 
     minutes: float = 15.0
-    rank: int = 8
-    learning_rate: float = 5e-4
-    max_steps: int = 1000
+    rank: int = 16
+    learning_rate: float = 1e-3
+    max_steps: int = 2600
     regularization_share: float = 0.5
     train_text_encoder: bool = False
     caption_dropout: float = 0.0
-    train_conv: bool = False  # LoCon: convolutions and feed-forward layers too
-    train_embedding: bool = False  # pivotal tuning of the trigger word "star"
+    train_conv: bool = True  # LoCon: convolutions and feed-forward layers too
+    train_embedding: bool = True  # pivotal tuning of the trigger word "star"
     embedding_learning_rate: float = 5e-3
 
 
@@ -305,9 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora-text-encoder", action="store_true", help="LoRA proof: train the text encoder too")
     p.add_argument("--lora-caption-dropout", type=float, default=defaults.caption_dropout,
                    help="LoRA proof: share of captions replaced by an empty one")
-    p.add_argument("--lora-conv", action="store_true",
+    p.add_argument("--lora-conv", action=argparse.BooleanOptionalAction, default=defaults.train_conv,
                    help="LoRA proof: LoCon (the UNet's convolutions and feed-forward layers too)")
-    p.add_argument("--lora-embedding", action="store_true",
+    p.add_argument("--lora-embedding", action=argparse.BooleanOptionalAction, default=defaults.train_embedding,
                    help="LoRA proof: also train the trigger word's embedding (pivotal tuning)")
     p.add_argument("--lora-embedding-lr", type=float, default=defaults.embedding_learning_rate,
                    help="LoRA proof: learning rate of the trigger embedding")

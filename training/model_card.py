@@ -118,8 +118,9 @@ def write_card(work: Path, out: Path, curve: dict, final_scores: dict | None) ->
                           f"{state.get('caption_shuffle', 0):.0%} of single-object captions put their object, "
                           "position and background phrases in any order, so words the model never learned do "
                           "not break the ones it did (the benchmark's novel templates are never used).")
-    vae_origin = (f" Trained once and reused by this run (its {minutes_vae:.1f} minutes count in the total): "
-                  f"`{state['vae_from']}`." if state.get("vae_imported") else "")
+    vae_origin = (f" Taken with `--vae-from` from the previously shipped model (its {minutes_vae:.1f} minutes "
+                  f"count in the total), which trained it with `{state['vae_from']}`."
+                  if state.get("vae_imported") else "")
     card = f"""# Built-in model: shapes world
 
 A tiny Stable-Diffusion-architecture model (CLIP-style BPE tokenizer made from the world's vocabulary,
@@ -134,7 +135,8 @@ Native size 128x128.
 - Seed: {state['seed']}. Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU;
   torch bf16 autocast on CPU.
 - Training time (training steps only, evaluation paused): VAE {minutes_vae:.1f} min ({state['vae_step']} steps),
-  text encoder + UNet {minutes_unet:.1f} min ({state['unet_step']} steps). Latent cache: {state.get('latent_scale') and 'yes'}.
+  text encoder + UNet {minutes_unet:.1f} min ({state['unet_step']} steps); {minutes_vae + minutes_unet:.0f} of the
+  180-minute budget in all. Latent cache: {state.get('latent_scale') and 'yes'}.
 - Data recipe (`training/world.py`): 8 colours, circle/square/triangle, sizes small/large, five positions
   (left/right/top/bottom/center), plain (3/4) or striped (1/4) backgrounds; 70% single-object scenes, 15% two
   objects (left/right or top/bottom), 15% counts (1-3); captions re-phrased every time a scene is drawn, with
