@@ -189,6 +189,7 @@ class LoraTrainer:
         self.on_event = on_event or (lambda e: None)
         self.step_lock = step_lock or threading.Lock()
         self.loss_history: list[tuple[int, float]] = []
+        self.embedding: TriggerEmbedding | None = None  # set by _load when the trigger embedding trains
 
     # ------------------------------------------------------------------ setup
     def _load(self):
