@@ -61,6 +61,13 @@ def _uncaptioned(items: list[DatasetItem]) -> list[str]:
     return [Path(i.path).name for i in items if not i.caption.strip()]
 
 
+def _install(source: str | Path, target: Path) -> None:
+    """Copy a file into place atomically (temp file, then rename): a crash never leaves half a file."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+
+
 def _copy_samples(items: list[DatasetItem], folder: Path) -> list[TrainingSample]:
     """Copy images into a run's own folder with their caption in a .txt beside each (resume reads them back)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,7 +180,7 @@ class TrainingService:
             raise ValidationError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}", "lr_scheduler")
         if cfg.train_embedding and not cfg.trigger_word.strip():
             raise ValidationError("training the trigger word's embedding needs a trigger word: type one (e.g. "
-                                  "'star') or untick 'Train trigger embedding'", "trigger_word")
+                                  "'star') or untick 'Trigger embedding'", "trigger_word")
         if cfg.train_embedding and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", cfg.trigger_word.strip()):
             raise ValidationError("trigger word for a trained embedding must be one word of 1-32 letters, digits, "
                                   "'_' or '-', starting with a letter", "trigger_word")
@@ -295,10 +302,11 @@ class TrainingService:
         if event.kind in ("done", "stopped") and event.path:
             self.lora_dir.mkdir(parents=True, exist_ok=True)
             target = self.lora_dir / f"{trainer.config.name}.safetensors"
-            shutil.copyfile(event.path, target.with_suffix(".tmp"))
-            target.with_suffix(".tmp").replace(target)
+            _install(event.path, target)
             if sidecar_path(event.path).exists():  # the trained trigger embedding travels with the LoRA
-                shutil.copyfile(sidecar_path(event.path), sidecar_path(target))
+                _install(sidecar_path(event.path), sidecar_path(target))
+            else:  # an earlier LoRA of the same name may have left one that does not belong to this LoRA
+                sidecar_path(target).unlink(missing_ok=True)
             lora_path = str(target)
             self._save_curve(run_id, trainer.run_dir)
         live.status, live.lora_path = status, lora_path

@@ -50,8 +50,20 @@ def config(base: Path, **kw) -> LoraTrainingConfig:
     return LoraTrainingConfig(**values)
 
 
-def test_training_lowers_loss_and_writes_a_loadable_lora(tiny_base, star_samples, tmp_path):
+def lora_changes_output(base: Path, lora_path: str) -> bool:
+    """Does diffusers' own `load_lora_weights` take the file, and does it change the same-seed image?"""
     from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, width=64, height=64, output_type="np")
+    before = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
+    pipe.load_lora_weights(lora_path)
+    after = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
+    return np.abs(after - before).mean() > 1e-4
+
+
+def test_training_lowers_loss_and_writes_a_loadable_lora(tiny_base, star_samples, tmp_path):
     from safetensors import safe_open
 
     events = []
@@ -67,13 +79,7 @@ def test_training_lowers_loss_and_writes_a_loadable_lora(tiny_base, star_samples
         meta = fh.metadata()
     assert meta["ss_steps"] == "60" and meta["ss_network_dim"] == "4" and meta["ss_num_train_images"] == "6"
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(num_inference_steps=2, width=64, height=64, output_type="np")
-    before = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
-    pipe.load_lora_weights(done.path)
-    after = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
-    assert np.abs(after - before).mean() > 1e-4
+    assert lora_changes_output(tiny_base, done.path)
 
 
 def test_stop_then_resume_continues_steps_and_curve(tiny_base, star_samples, tmp_path):
@@ -244,7 +250,6 @@ def test_trigger_embedding_trains_only_its_row_resumes_and_ships_inside_the_lora
 
 
 def test_locon_adapts_the_convolutions_and_still_loads_in_diffusers(tiny_base, star_samples, tmp_path):
-    from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
 
     done = LoraTrainer(config(tiny_base, max_steps=8, checkpoint_every=0, train_conv=True), star_samples,
@@ -253,10 +258,4 @@ def test_locon_adapts_the_convolutions_and_still_loads_in_diffusers(tiny_base, s
         keys, meta = list(fh.keys()), fh.metadata()
     assert any(".resnets.0.conv1.lora_A" in k for k in keys) and any(".to_q.lora" in k for k in keys)
     assert meta["ss_conv_dim"] == "4"
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(num_inference_steps=2, width=64, height=64, output_type="np")
-    before = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
-    pipe.load_lora_weights(done.path)
-    after = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
-    assert np.abs(after - before).mean() > 1e-4
+    assert lora_changes_output(tiny_base, done.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,11 @@ def test_trigger_embedding_travels_with_the_lora_into_generate(services, star_fo
     assert "a star <lora:starpt:1>" in with_star.infotext  # the user's prompt is recorded as typed
     with services.models.pipeline(TINY_MODEL_ID, "txt2img") as pipe:
         assert "<star>" not in pipe.tokenizer.get_vocab()
+
+    # a later LoRA of the same name without an embedding does not inherit the old one's
+    Path(live.lora_path + ".off").rename(sidecar_path(live.lora_path))
+    again = services.training.start(cfg(max_steps=2, name="starpt", validation_every=0), items, TINY_MODEL_ID)
+    assert wait_for(services, again).status == "done" and not sidecar_path(live.lora_path).exists()
 
 
 def test_unknown_lora_is_refused(services):

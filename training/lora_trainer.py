@@ -216,16 +216,14 @@ class LoraTrainer:
     def _param_groups(self, pipe) -> list[dict]:
         """LoRA weights at the learning rate; the trigger embedding (if trained) at its own, without decay."""
         params = [p for p in pipe.unet.parameters() if p.requires_grad]
+        embedding = self.embedding.weight if self.embedding else None
         if self.config.train_text_encoder:
-            params += [p for p in pipe.text_encoder.parameters() if p.requires_grad and p is not self._emb_weight()]
+            params += [p for p in pipe.text_encoder.parameters() if p.requires_grad and p is not embedding]
         groups = [{"params": params, "base_lr": self.config.learning_rate}]
         if self.embedding:
             groups.append({"params": [self.embedding.weight], "base_lr": self.config.embedding_learning_rate,
                            "weight_decay": 0.0})
         return groups
-
-    def _emb_weight(self):
-        return self.embedding.weight if self.embedding else None
 
     def _augment(self, image, rng: random.Random):
         from PIL import ImageEnhance, ImageOps
