@@ -26,9 +26,10 @@ def test_short_training_lowers_loss_resumes_and_exports(tmp_path):
     first_steps = state["unet_step"]
     assert first_steps >= 1 and (out / "model_index.json").exists()
 
-    main(common + ["--vae-minutes", "0.25", "--unet-minutes", "0.1"])
+    main(common + ["--vae-minutes", "0.25", "--unet-minutes", "0.1", "--position-pairs", "2"])
     state = json.loads((work / "state.json").read_text())
     assert state["unet_step"] > first_steps
+    assert [p["command"].endswith("--position-pairs 2") for p in state["pieces"]] == [False, True]
     assert len(read_losses(work / "unet_loss.csv")) == state["unet_step"]
     assert len(read_losses(work / "vae_loss.csv")) == len(vae)  # the VAE phase was not repeated
 
@@ -53,10 +54,36 @@ def test_foreground_masks_cover_each_object():
     from training.world import sample_scene
 
     seeds = list(range(40))
-    masks = foreground_masks(seeds, 16)
+    masks = foreground_masks([sample_scene(s) for s in seeds], 16)
     for seed, mask in zip(seeds, masks):
         scene = sample_scene(seed)
         assert 0 < mask.mean() < 0.8
         for obj in scene.objects:
             assert mask[int(obj.centre[1] // 8), int(obj.centre[0] // 8)] == 1
 
+
+
+def test_position_pairs_differ_only_in_the_position(tmp_path):
+    import random
+
+    import torch
+
+    from training import builtin_model as bm
+    from training.train_builtin import PositionPairs, Trainer, parse_args
+
+    args = parse_args(["--work-dir", str(tmp_path), "--position-pairs", "3", "--caption-noise", "0.5",
+                       "--caption-shuffle", "0.5"])
+    trainer = Trainer(args)
+    pairs = PositionPairs(list(range(200)), bm.make_vae().eval(), 1.0)
+    n = 10
+    lat, noise = torch.zeros(n, 4, 16, 16), torch.randn(n, 4, 16, 16)
+    caps, masks, t = [""] * n, torch.zeros(n, 16, 16), torch.arange(n)
+    trainer.put_position_pairs(pairs, random.Random(0), lat, caps, masks, noise, t)
+    assert caps[:4] == [""] * 4 and lat[:4].abs().sum() == 0  # the rest of the batch is left alone
+    positions = {"left", "right", "top", "bottom"}
+    for k in range(4, n, 2):
+        first, second = caps[k].split(), caps[k + 1].split()
+        changed = [(a, b) for a, b in zip(first, second) if a != b]
+        assert len(first) == len(second) and len(changed) == 1 and set(changed[0]) <= positions
+        assert torch.equal(noise[k], noise[k + 1]) and t[k] == t[k + 1]
+        assert not torch.equal(lat[k], lat[k + 1]) and not torch.equal(masks[k], masks[k + 1])

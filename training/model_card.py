@@ -84,6 +84,27 @@ def folder_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
+def command_lines(state: dict) -> str:
+    """The training command, or every resumed piece's command when the options changed along the way."""
+    pieces = state.get("pieces") or [{"from_unet_minute": 0, "command": state.get("command", "")}]
+    if len(pieces) == 1:
+        return ("- Command (resumable: run it again after a stop and it continues from its checkpoints):\n"
+                f"  `{pieces[0]['command']}`")
+    lines = [f"- Trained in {len(pieces)} pieces, each resuming the previous one's weights, optimizer and EMA (run "
+             "them in order; each is itself resumable); each piece's learning rate decays to 10% over its own last "
+             "`--decay-minutes`:"]
+    lines += [f"  - from UNet minute {p['from_unet_minute']:g}: `{p['command']}`" for p in pieces]
+    return "\n".join(lines)
+
+
+def pieces_since(state: dict, option: str) -> str:
+    """' from UNet minute N on' when `option` first appears in a later piece's command, else ''."""
+    for piece in state.get("pieces", [])[1:]:
+        if option in piece["command"]:
+            return f" from UNet minute {piece['from_unet_minute']:g} on"
+    return ""
+
+
 def write_card(work: Path, out: Path, curve: dict, final_scores: dict | None) -> None:
     state = json.loads((work / "state.json").read_text())
     minutes_vae = state["vae_seconds"] / 60
@@ -111,6 +132,10 @@ def write_card(work: Path, out: Path, curve: dict, final_scores: dict | None) ->
     if state.get("high_noise_share"):
         extras += (f" {state['high_noise_share']:.0%} of the timesteps are drawn from the noisiest 40% (where "
                    "position, two objects and counts are decided), the rest uniformly.")
+    if state.get("position_pairs"):
+        extras += (f" Each batch holds {state['position_pairs']} position-contrast pairs (one scene at two "
+                   "off-centre positions, the same noise and timestep, captions differing only in the position word)"
+                   f"{pieces_since(state, '--position-pairs')}.")
     caption_extras = ""
     if state.get("caption_noise") or state.get("caption_shuffle"):
         caption_extras = (f"{state.get('caption_noise', 0):.0%} of captions get 1-2 words that carry no scene "
@@ -130,8 +155,7 @@ A tiny Stable-Diffusion-architecture model (CLIP-style BPE tokenizer made from t
 Native size 128x128.
 
 ## Training
-- Command (resumable: run it again after a stop and it continues from its checkpoints):
-  `{state.get('command') or 'python -m training.train_builtin --work-dir runs/builtin --out assets/builtin-shapes'}`
+{command_lines(state)}
 - Seed: {state['seed']}. Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU;
   torch bf16 autocast on CPU.
 - Training time (training steps only, evaluation paused): VAE {minutes_vae:.1f} min ({state['vae_step']} steps),

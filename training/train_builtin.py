@@ -11,7 +11,8 @@ Phases (each resumable, state in <work-dir>/state.json, checkpoints written to a
               layout, and so position and background, is decided); the learning rate decays linearly to 10%
               over the last `--decay-minutes`; options: `--foreground-weight` (object cells weigh more),
               `--high-noise-share` (more of the noisiest timesteps), `--caption-noise` / `--caption-shuffle`
-              (filler or made-up words, any phrase order: robustness to phrasings never seen)
+              (filler or made-up words, any phrase order: robustness to phrasings never seen),
+              `--position-pairs` (position-contrast pairs in every batch)
   4. export   a normal diffusers folder (fp16) that StableDiffusionPipeline.from_pretrained loads offline
 Only time spent on training steps counts towards the budgets; EMA snapshots are kept every
 `--snapshot-minutes` of training time so adherence can be plotted against training minutes.
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from training import builtin_model as bm
-from training.world import (COLOURS, PATTERNS, SHAPES, caption_count, caption_single, caption_two, render,
+from training.world import (COLOURS, PATTERNS, SHAPES, caption_count, caption_single, caption_two, moved, render,
                            sample_scene, sprinkle_words)
 
 
@@ -53,20 +54,43 @@ def _to_tensor(img) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
-def foreground_masks(seeds: list[int], latent_size: int) -> torch.Tensor:
-    """(N, latent_size, latent_size) masks: 1 on latent cells an object of the seed's scene covers, else 0."""
+def foreground_masks(scenes: list, latent_size: int) -> torch.Tensor:
+    """(N, latent_size, latent_size) masks: 1 on latent cells an object of each scene covers, else 0."""
     from training.world import IMAGE_SIZE, SIZES
 
     cell = IMAGE_SIZE / latent_size
     centres = (torch.arange(latent_size, dtype=torch.float32) + 0.5) * cell
     yy, xx = torch.meshgrid(centres, centres, indexing="ij")
-    masks = torch.zeros(len(seeds), latent_size, latent_size)
-    for n, seed in enumerate(seeds):
-        for obj in sample_scene(seed).objects:
+    masks = torch.zeros(len(scenes), latent_size, latent_size)
+    for n, scene in enumerate(scenes):
+        for obj in scene.objects:
             reach = SIZES[obj.size] + cell / 2
             inside = ((xx - obj.centre[0]).abs() <= reach) & ((yy - obj.centre[1]).abs() <= reach)
             masks[n][inside] = 1.0
     return masks
+
+
+class PositionPairs:
+    """Draws one-object scenes of the latent cache's set, each with a copy moved to another off-centre position,
+    rendered and encoded on the fly (about 10 ms per image)."""
+
+    OFF_CENTRE = ("left", "right", "top", "bottom")
+
+    def __init__(self, seeds: list[int], vae, scale: float):
+        self.vae, self.scale = vae, scale
+        scenes = (sample_scene(s) for s in seeds)
+        self.seeds = [s for s, sc in zip(seeds, scenes) if sc.kind == "single" and sc.objects[0].position != "center"]
+
+    def draw(self, rng: random.Random, n: int) -> tuple[list, torch.Tensor]:
+        """2n scenes (each followed by its moved copy) and their (2n, 4, h, w) latents."""
+        scenes = []
+        for _ in range(n):
+            scene = sample_scene(rng.choice(self.seeds))
+            here = scene.objects[0].position
+            scenes += [scene, moved(scene, rng.choice([p for p in self.OFF_CENTRE if p != here]))]
+        with torch.no_grad():
+            x = torch.stack([_to_tensor(render(sc)) for sc in scenes])
+            return scenes, self.vae.encode(x).latent_dist.sample() * self.scale
 
 
 class Trainer:
@@ -81,10 +105,15 @@ class Trainer:
             "seed": args.seed, "vae_seconds": 0.0, "unet_seconds": 0.0, "vae_step": 0, "unet_step": 0,
             "latents_done": False,
         }
-        self.state["command"] = "python -m training.train_builtin " + " ".join(os.sys.argv[1:])
+        command = "python -m training.train_builtin " + " ".join(args.argv)
+        pieces = self.state.setdefault("pieces", [{"from_unet_minute": 0.0, "command": self.state.get("command", command)}])
+        if pieces[-1]["command"] != command:  # resumed with other options: the card lists every piece
+            pieces.append({"from_unet_minute": round(self.state["unet_seconds"] / 60, 1), "command": command})
+        self.state["command"] = command
         self.state.update(min_snr_minutes=args.min_snr_minutes, decay_minutes=args.decay_minutes,
                           foreground_weight=args.foreground_weight, caption_noise=args.caption_noise,
-                          caption_shuffle=args.caption_shuffle, high_noise_share=args.high_noise_share)
+                          caption_shuffle=args.caption_shuffle, high_noise_share=args.high_noise_share,
+                          position_pairs=args.position_pairs)
         torch.manual_seed(args.seed)
         self.tok_dir = self.work / "tokenizer"
         vocab_size = bm.write_tokenizer(self.tok_dir)
@@ -189,11 +218,10 @@ class Trainer:
         return data
 
     # ------------------------------------------------------------------ UNet + text encoder
-    def caption(self, seed: int, rng: random.Random) -> str:
-        """A fresh phrasing of the cached scene's caption (the scene itself is fixed by its seed)."""
+    def caption(self, scene, rng: random.Random, allow_empty: bool = True) -> str:
+        """A fresh phrasing of the scene's caption."""
         a = self.args
-        scene = sample_scene(seed)
-        if rng.random() < a.empty_caption:
+        if allow_empty and rng.random() < a.empty_caption:
             return ""
         if scene.kind == "single":
             text = caption_single(scene, rng, 0.15, shuffle=rng.random() < a.caption_shuffle)
@@ -233,7 +261,8 @@ class Trainer:
         alphas = sched.alphas_cumprod
         snr = alphas / (1 - alphas).clamp(min=1e-8)
         mean, std, seeds, scale = data["mean"], data["std"], data["seeds"], data["scale"]
-        fg_masks = foreground_masks(seeds, mean.shape[-1]) if a.foreground_weight != 1 else None
+        fg_masks = foreground_masks([sample_scene(s) for s in seeds], mean.shape[-1])
+        pairs = PositionPairs(seeds, self.load_vae(), scale) if a.position_pairs else None
         budget = a.unet_minutes * 60
         rng = random.Random(a.seed * 104729 + self.state["unet_step"])
         last_ck = time.time()
@@ -243,9 +272,12 @@ class Trainer:
             step = self.state["unet_step"]
             idx = torch.tensor([rng.randrange(len(seeds)) for _ in range(a.batch)])
             lat = (mean[idx].float() + std[idx].float() * torch.randn(len(idx), 4, 16, 16)) * scale
-            caps = [self.caption(seeds[i], rng) for i in idx.tolist()]
+            caps = [self.caption(sample_scene(seeds[i]), rng) for i in idx.tolist()]
+            masks = fg_masks[idx]
             noise = torch.randn_like(lat)
             t = self.sample_timesteps(len(idx), sched.config.num_train_timesteps)
+            if a.position_pairs:
+                self.put_position_pairs(pairs, rng, lat, caps, masks, noise, t)
             noisy = sched.add_noise(lat, noise, t)
             target = sched.get_velocity(lat, noise, t)
             factor = self.lr_factor(step)
@@ -256,8 +288,8 @@ class Trainer:
                 pred = unet(noisy, t, ctx).sample.float()
             w = self.loss_weight(snr[t])
             err = (pred - target) ** 2
-            if fg_masks is not None:  # objects weigh more than background, so where they go is learned early
-                err = err * (1 + (a.foreground_weight - 1) * fg_masks[idx].unsqueeze(1))
+            if a.foreground_weight != 1:  # objects weigh more than background, so where they go is learned early
+                err = err * (1 + (a.foreground_weight - 1) * masks.unsqueeze(1))
             loss = (err.mean(dim=(1, 2, 3)) * w).mean()
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite loss at step {step}; last checkpoint kept")
@@ -286,6 +318,23 @@ class Trainer:
                 self.save_state()
                 last_ck = time.time()
         return ema_unet, ema_te
+
+    def put_position_pairs(self, pairs: PositionPairs, rng: random.Random, lat, caps, masks, noise, t) -> None:
+        """Overwrite the batch's last 2 * `--position-pairs` samples with position-contrast pairs: one scene at two
+        positions, the same noise and timestep, captions that differ only in the position word; the only way to
+        lower the loss on both is to read that word."""
+        a = self.args
+        first = len(caps) - 2 * a.position_pairs
+        scenes, lat[first:] = pairs.draw(rng, a.position_pairs)
+        masks[first:] = foreground_masks(scenes, masks.shape[-1])
+        for k in range(first, len(caps), 2):
+            shuffle, noisy, state = rng.random() < a.caption_shuffle, rng.random() < a.caption_noise, rng.getstate()
+            for i in (k, k + 1):
+                twin = random.Random()
+                twin.setstate(state)  # the same phrasing choices for both
+                text = caption_single(scenes[i - first], twin, 0.0, shuffle=shuffle)
+                caps[i] = sprinkle_words(text, twin) if noisy else text
+            noise[k + 1], t[k + 1] = noise[k], t[k]
 
     def sample_timesteps(self, n: int, total: int) -> torch.Tensor:
         """Uniform timesteps, except that a `--high-noise-share` of them come from the noisiest 40%, where the
@@ -376,8 +425,12 @@ def parse_args(argv=None):
                    help="share of single-object captions whose phrases come in any order")
     p.add_argument("--high-noise-share", type=float, default=0.0,
                    help="share of timesteps drawn from the noisiest 40%% (where the layout is decided)")
+    p.add_argument("--position-pairs", type=int, default=0,
+                   help="position-contrast pairs per batch: a scene at two positions, captions differing only there")
     p.add_argument("--snapshot-minutes", type=float, default=10)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(os.sys.argv[1:] if argv is None else argv)
+    return args
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageDraw
 
@@ -247,6 +247,13 @@ def sample_scene(
     objs = tuple(ShapeObject(shape, colour, "small", (x * IMAGE_SIZE, y * IMAGE_SIZE)) for x, y in slots)
     scene = Scene(background, pattern, objs, kind)
     return Scene(background, pattern, objs, kind, caption_count(scene, rng))
+
+
+def moved(scene: Scene, position: str) -> Scene:
+    """The same one-object scene with its object at another named position (caption left empty)."""
+    fx, fy = POSITIONS[position]
+    obj = replace(scene.objects[0], centre=(fx * IMAGE_SIZE, fy * IMAGE_SIZE), position=position)
+    return replace(scene, objects=(obj,), caption="")
 
 
 def concept_scene(seed: int, shape: str = "star", pattern: str = "plain") -> Scene:
