@@ -214,17 +214,28 @@ class LoraProofRecipe:
     train_conv: bool = True  # LoCon: convolutions and feed-forward layers too
     train_embedding: bool = True  # pivotal tuning of the trigger word "star"
     embedding_learning_rate: float = 5e-3
+    subject_weight: float = 1.0  # loss weight on the objects' pixels (the images' alpha channel)
+    mixed_precision: str = "no"
 
 
-def _world_samples(folder: Path, scenes) -> list:
-    """Render (scene) -> png + caption as training samples."""
+def _world_samples(folder: Path, scenes, cutouts: bool = False) -> list:
+    """Render (scene) -> png + caption as training samples; `cutouts`: the objects' pixels marked in the alpha
+    channel (for the trainer's subject weight)."""
+    from dataclasses import replace
+
+    from PIL import ImageChops
+
     from training.lora_trainer import TrainingSample
     from training.world import render
 
     folder.mkdir(parents=True, exist_ok=True)
     samples = []
     for n, scene in enumerate(scenes):
-        render(scene).save(folder / f"{n:04d}.png")
+        image = render(scene)
+        if cutouts:
+            objects = ImageChops.difference(image, render(replace(scene, objects=()))).convert("L")
+            image.putalpha(objects.point(lambda v: 255 if v else 0))
+        image.save(folder / f"{n:04d}.png")
         samples.append(TrainingSample(str(folder / f"{n:04d}.png"), scene.caption))
     return samples
 
@@ -243,9 +254,10 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     from training.world import concept_scene, sample_scene
 
     print(f"LoRA: teach the held-out 'star' ({recipe})", flush=True)
-    samples = _world_samples(tmp / "stars", [concept_scene(seed, "star") for seed in range(30)])
+    cutouts = recipe.subject_weight != 1
+    samples = _world_samples(tmp / "stars", [concept_scene(seed, "star") for seed in range(30)], cutouts)
     # regularization images: scenes of what the base model already knows (its own world, unseen seeds)
-    prior = _world_samples(tmp / "prior", [sample_scene(3_000_000 + seed) for seed in range(240)])
+    prior = _world_samples(tmp / "prior", [sample_scene(3_000_000 + seed) for seed in range(240)], cutouts)
     stars = concept_prompt_set("star", 24)
     others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:24]
     pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
@@ -259,7 +271,8 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              regularization_share=recipe.regularization_share,
                              caption_dropout=recipe.caption_dropout, trigger_word="star",
                              train_embedding=recipe.train_embedding, train_conv=recipe.train_conv,
-                             embedding_learning_rate=recipe.embedding_learning_rate)
+                             embedding_learning_rate=recipe.embedding_learning_rate,
+                             subject_weight=recipe.subject_weight, mixed_precision=recipe.mixed_precision)
     stop = threading.Event()
     timer = threading.Timer(recipe.minutes * 60, stop.set)
     trainer = LoraTrainer(cfg, samples, tmp / "lora-run", regularization=prior)
@@ -311,6 +324,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA proof: also train the trigger word's embedding (pivotal tuning)")
     p.add_argument("--lora-embedding-lr", type=float, default=defaults.embedding_learning_rate,
                    help="LoRA proof: learning rate of the trigger embedding")
+    p.add_argument("--lora-subject-weight", type=float, default=defaults.subject_weight,
+                   help="LoRA proof: loss weight on the objects' pixels (1 = even)")
+    p.add_argument("--lora-precision", choices=("no", "bf16"), default=defaults.mixed_precision,
+                   help="LoRA proof: mixed precision")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
@@ -329,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
                 max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
                 train_text_encoder=args.lora_text_encoder, caption_dropout=args.lora_caption_dropout,
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
-                train_conv=args.lora_conv))),
+                train_conv=args.lora_conv, subject_weight=args.lora_subject_weight,
+                mixed_precision=args.lora_precision))),
         ]
         for name, run in sections:
             if name not in skip:

@@ -101,7 +101,9 @@ def test_stop_then_resume_continues_steps_and_curve(tiny_base, star_samples, tmp
 
 
 def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(tiny_base, star_samples, tmp_path, monkeypatch):
-    real = torch.nn.functional.mse_loss
+    from training import lora_trainer
+
+    real = lora_trainer.weighted_mse
     calls = {"n": 0}
     me = threading.get_ident()
 
@@ -110,7 +112,7 @@ def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(tiny_base, star_sample
             calls["n"] += 1
         return real(*args, **kwargs) * (float("nan") if calls["n"] >= 13 else 1.0)
 
-    monkeypatch.setattr(torch.nn.functional, "mse_loss", flaky)
+    monkeypatch.setattr(lora_trainer, "weighted_mse", flaky)
     result = LoraTrainer(config(tiny_base), star_samples, tmp_path / "run").run()
     assert result.kind == "error" and "nan" in result.message.lower() and "step 10" in result.message
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-000010"]
@@ -160,7 +162,7 @@ def test_regularization_share_mixes_prior_images_into_batches(tiny_base, star_sa
     import random
 
     prior = star_samples[:3]
-    images = [(None, (64, 64))] * (len(star_samples) + len(prior))
+    images = [(None, None, (64, 64))] * (len(star_samples) + len(prior))
     n = len(star_samples)
     only_data = LoraTrainer(config(tiny_base, batch_size=8), star_samples, Path("unused"), regularization=prior)
     assert all(i < n for _ in range(20) for i in only_data._pick(random.Random(0), images))
@@ -259,3 +261,36 @@ def test_locon_adapts_the_convolutions_and_still_loads_in_diffusers(tiny_base, s
     assert any(".resnets.0.conv1.lora_A" in k for k in keys) and any(".to_q.lora" in k for k in keys)
     assert meta["ss_conv_dim"] == "4"
     assert lora_changes_output(tiny_base, done.path)
+
+
+def test_subject_weight_reads_the_alpha_channel_and_weighs_the_loss(tiny_base, star_samples, tmp_path):
+    import random
+
+    from PIL import Image
+
+    from training.lora_trainer import subject_mask
+
+    cutouts = []
+    for n, sample in enumerate(star_samples):
+        rgba = Image.open(sample.image_path).convert("RGBA")
+        alpha = Image.new("L", rgba.size, 0)
+        alpha.paste(255, (16, 16, 48, 48))  # the subject: the middle of the picture
+        rgba.putalpha(alpha)
+        rgba.save(tmp_path / f"{n}.png")
+        cutouts.append(TrainingSample(str(tmp_path / f"{n}.png"), sample.caption))
+    assert subject_mask(Image.open(star_samples[0].image_path)) is None  # no alpha: even weights
+    assert subject_mask(Image.open(cutouts[0].image_path)).getextrema() == (0, 255)
+
+    trainer = LoraTrainer(config(tiny_base, subject_weight=5, flip=True, random_crop=True), cutouts, tmp_path / "r")
+    pipe = trainer._load()
+    images = [(Image.open(s.image_path).convert("RGB"), subject_mask(Image.open(s.image_path)), (64, 64))
+              for s in cutouts]
+    latents, weights, _ = trainer._batch(pipe, random.Random(0), images)
+    assert weights.shape == (2, 1) + latents.shape[-2:]
+    h, w = latents.shape[-2:]
+    middle, corner = weights[:, 0, h // 2 - 1:h // 2 + 1, w // 2 - 1:w // 2 + 1], weights[:, 0, 0, 0]
+    assert torch.allclose(middle, torch.full_like(middle, 5.0)) and torch.allclose(corner, torch.ones_like(corner))
+
+    done = LoraTrainer(config(tiny_base, subject_weight=5, max_steps=6, checkpoint_every=0), cutouts,
+                       tmp_path / "run").run()
+    assert done.kind == "done" and all(np.isfinite(loss) for _, loss in trainer.loss_history + [(0, done.loss)])

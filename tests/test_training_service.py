@@ -60,6 +60,7 @@ def test_dataset_skips_corrupt_images_and_reads_captions(services, star_folder):
     ({"name": "../evil"}, "name"), ({"lr_scheduler": "magic"}, "lr_scheduler"),
     ({"train_embedding": True}, "trigger_word"), ({"train_embedding": True, "trigger_word": "two words"}, "trigger_word"),
     ({"train_embedding": True, "trigger_word": "star", "embedding_learning_rate": 9.0}, "embedding_learning_rate"),
+    ({"subject_weight": 0.5}, "subject_weight"),
 ])
 def test_bad_parameters_name_the_field(services, star_folder, overrides, field):
     items, _ = services.training.load_dataset([str(star_folder)])

@@ -61,6 +61,7 @@ class LoraTrainingConfig:
     embedding_learning_rate: float = 5e-3
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
+    subject_weight: float = 1.0  # loss weight where an image's alpha channel marks the subject (1 = even)
     device: str = "cpu"
 
 
@@ -96,6 +97,20 @@ class CheckpointError(OSError):
 def unet_targets(train_conv: bool) -> list[str]:
     """The UNet module names a LoRA adapts: attention projections, plus LoCon's layers when `train_conv`."""
     return UNET_TARGETS + (UNET_CONV_TARGETS if train_conv else [])
+
+
+def weighted_mse(pred, target, weights):
+    """Mean squared error with per-cell weights (broadcast over channels)."""
+    return (weights * (pred - target) ** 2).mean()
+
+
+def subject_mask(image):
+    """The image's alpha channel as an "L" mask of the subject (255 = subject), or None when it has none or it
+    is fully opaque."""
+    if "A" not in image.getbands():
+        return None
+    alpha = image.getchannel("A")
+    return None if alpha.getextrema()[0] == 255 else alpha
 
 
 def bucket_size(width: int, height: int, resolution: int, step: int) -> tuple[int, int]:
@@ -225,23 +240,25 @@ class LoraTrainer:
                            "weight_decay": 0.0})
         return groups
 
-    def _augment(self, image, rng: random.Random):
+    def _augment(self, image, mask, rng: random.Random):
+        """Crop, resize and flip the image and its subject mask (None: none) alike; colour jitter the image."""
         from PIL import ImageEnhance, ImageOps
 
         cfg = self.config
+        layers = [image] if mask is None else [image, mask]
         w, h = bucket_size(image.width, image.height, cfg.resolution, cfg.bucket_step)
         if cfg.random_crop and rng.random() < 0.5:
             scale = rng.uniform(0.8, 1.0)
             cw, ch = int(image.width * scale), int(image.height * scale)
             x, y = rng.randint(0, image.width - cw), rng.randint(0, image.height - ch)
-            image = image.crop((x, y, x + cw, y + ch))
-        image = image.resize((w, h))
+            layers = [layer.crop((x, y, x + cw, y + ch)) for layer in layers]
+        layers = [layer.resize((w, h)) for layer in layers]
         if cfg.flip and rng.random() < 0.5:
-            image = ImageOps.mirror(image)
+            layers = [ImageOps.mirror(layer) for layer in layers]
         if cfg.color_jitter > 0:
             for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-                image = enhancer(image).enhance(1 + rng.uniform(-cfg.color_jitter, cfg.color_jitter))
-        return image
+                layers[0] = enhancer(layers[0]).enhance(1 + rng.uniform(-cfg.color_jitter, cfg.color_jitter))
+        return layers[0], (layers[1] if mask is not None else None)
 
     def _pick(self, rng: random.Random, images: list) -> list[int]:
         """Indices into `images` (dataset first, then regularization) for one batch from one aspect bucket;
@@ -250,24 +267,29 @@ class LoraTrainer:
         share = cfg.regularization_share if len(images) > n else 0.0
         from_reg = [share > 0 and rng.random() < share for _ in range(cfg.batch_size)]
         first = rng.randrange(n, len(images)) if from_reg[0] else rng.randrange(n)
-        bucket = images[first][1]
-        pools = [[i for i in range(lo, hi) if images[i][1] == bucket] for lo, hi in ((0, n), (n, len(images)))]
+        bucket = images[first][2]
+        pools = [[i for i in range(lo, hi) if images[i][2] == bucket] for lo, hi in ((0, n), (n, len(images)))]
         return [first] + [rng.choice(pools[reg] or pools[0] or pools[1]) for reg in from_reg[1:]]
 
     def _batch(self, pipe, rng: random.Random, images: list):
-        """Pick a batch from one aspect bucket, augment, and encode to latents."""
+        """Pick a batch from one aspect bucket, augment, and encode to latents; also the per-latent-cell loss
+        weights (1, or `subject_weight` where the image's alpha channel marks the subject)."""
         import numpy as np
         import torch
 
         idx = self._pick(rng, images)
-        pixels = []
+        pixels, masks = [], []
         for i in idx:
-            img = self._augment(images[i][0], rng)
+            img, mask = self._augment(images[i][0], images[i][1], rng)
             pixels.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
+            masks.append(torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255) if mask is not None
+                         else torch.zeros(img.height, img.width))
         x = torch.stack(pixels).to(pipe.device)
         with torch.no_grad():
             latents = pipe.vae.encode(x).latent_dist.sample() * pipe.vae.config.scaling_factor
-        return latents, self._captions(idx, rng)
+        cells = torch.nn.functional.adaptive_avg_pool2d(torch.stack(masks)[:, None], latents.shape[-2:])
+        weights = 1 + (self.config.subject_weight - 1) * cells.to(latents.device)
+        return latents, weights, self._captions(idx, rng)
 
     def _captions(self, idx: list[int], rng: random.Random) -> list[str]:
         """Captions of the picked images; each replaced by "" with probability `caption_dropout`."""
@@ -411,10 +433,12 @@ class LoraTrainer:
         self._rng = random.Random(cfg.seed)
         torch.manual_seed(cfg.seed)
         pipe = self._load()
-        images = []
+        images = []  # (RGB image, subject mask or None, aspect bucket)
         for s in self.all_samples:
-            img = Image.open(s.image_path).convert("RGB")
-            images.append((img, bucket_size(img.width, img.height, cfg.resolution, cfg.bucket_step)))
+            img = Image.open(s.image_path)
+            mask = subject_mask(img) if cfg.subject_weight != 1 else None
+            img = img.convert("RGB")
+            images.append((img, mask, bucket_size(img.width, img.height, cfg.resolution, cfg.bucket_step)))
         groups = self._param_groups(pipe)
         params = [p for g in groups for p in g["params"]]
         optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=1e-2)
@@ -430,7 +454,7 @@ class LoraTrainer:
                 break
             with self.step_lock:  # shares the device fairly: a generation waits at most one step
                 pipe.unet.train()
-                latents, captions = self._batch(pipe, self._rng, images)
+                latents, weights, captions = self._batch(pipe, self._rng, images)
                 noise = torch.randn_like(latents)
                 t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   device=latents.device)
@@ -448,7 +472,7 @@ class LoraTrainer:
                 with autocast:
                     ctx = pipe.text_encoder(ids)[0]
                     pred = pipe.unet(noisy, t, ctx).sample
-                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                loss = weighted_mse(pred.float(), target.float(), weights)
                 if not torch.isfinite(loss):
                     message = (f"loss became {loss.item()} at step {step + 1}: training stopped; the last good "
                                f"checkpoint (step {last_saved}) is kept. Lower the learning rate.")

@@ -111,6 +111,9 @@ def create_tab(services):
                         jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
                         caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
                                                     info="share of steps trained with an empty caption")
+                        subject_weight = gr.Slider(1, 20, value=1, step=0.5, label="Subject weight",
+                                                   info="loss weight where an image's alpha channel marks the "
+                                                        "subject (PNG cut-outs); 1 = even")
                         precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision",
                                                 info="bf16/fp16 where the device supports it")
                     with gr.Row():
@@ -230,7 +233,7 @@ def create_tab(services):
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
                  reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
-                 train_conv_v=False):
+                 train_conv_v=False, subject_weight_v=1.0):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -247,7 +250,7 @@ def create_tab(services):
                                                         if p.strip()],
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
             caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
-            train_conv=bool(train_conv_v),
+            train_conv=bool(train_conv_v), subject_weight=subject_weight_v or 1.0,
             trigger_word=(trigger_v or "").strip(), device=services.models.device.device,
         )
         run_id = training.start(cfg, items, model_id, regularization)
@@ -256,7 +259,7 @@ def create_tab(services):
 
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
-                           reg_share, trigger, caption_dropout, train_emb, train_conv],
+                           reg_share, trigger, caption_dropout, train_emb, train_conv, subject_weight],
                 current, api_name="train")
 
     def on_stop(run_id):
