@@ -106,7 +106,8 @@ class Trainer:
             "latents_done": False,
         }
         command = "python -m training.train_builtin " + " ".join(args.argv)
-        pieces = self.state.setdefault("pieces", [{"from_unet_minute": 0.0, "command": self.state.get("command", command)}])
+        first = {"from_unet_minute": 0.0, "command": self.state.get("command", command)}
+        pieces = self.state.setdefault("pieces", [first])
         if pieces[-1]["command"] != command:  # resumed with other options: the card lists every piece
             pieces.append({"from_unet_minute": round(self.state["unet_seconds"] / 60, 1), "command": command})
         self.state["command"] = command
