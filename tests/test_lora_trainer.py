@@ -262,6 +262,18 @@ def test_locon_adapts_the_convolutions_and_still_loads_in_diffusers(tiny_base, s
     assert meta["ss_conv_dim"] == "4"
     assert lora_changes_output(tiny_base, done.path)
 
+    # diffusers loads every trained layer, attention and convolution alike, with the trained values
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(done.path, adapter_name="star")
+    loaded = get_peft_model_state_dict(pipe.unet, adapter_name="star")
+    trained = load_file(str(list_checkpoints(tmp_path / "run")[-1] / "unet_peft.safetensors"))
+    assert loaded.keys() == trained.keys() and any(".attn2.to_k." in k for k in loaded)
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+
 
 def test_subject_weight_reads_the_alpha_channel_and_weighs_the_loss(tiny_base, star_samples, tmp_path):
     import random

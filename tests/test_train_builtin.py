@@ -19,14 +19,15 @@ def test_short_training_lowers_loss_resumes_and_exports(tmp_path):
               "--num-scenes", "64", "--snapshot-minutes", "100", "--threads", "2",
               "--foreground-weight", "3", "--min-snr-minutes", "0.02", "--decay-minutes", "0.05",
               "--caption-noise", "0.5", "--caption-shuffle", "0.5", "--high-noise-share", "0.3"]
-    main(common + ["--vae-minutes", "0.25", "--unet-minutes", "0.05"])
+    main(common + ["--vae-minutes", "5", "--vae-steps", "12", "--unet-minutes", "0.05"])
     vae = read_losses(work / "vae_loss.csv")
     assert len(vae) >= 3 and sum(vae[-3:]) < sum(vae[:3])
     state = json.loads((work / "state.json").read_text())
     first_steps = state["unet_step"]
     assert first_steps >= 1 and (out / "model_index.json").exists()
 
-    main(common + ["--vae-minutes", "0.25", "--unet-minutes", "0.1", "--position-pairs", "2"])
+    main(common + ["--vae-minutes", "5", "--vae-steps", "12", "--unet-minutes", "0.1",
+                   "--position-pairs", "2"])
     state = json.loads((work / "state.json").read_text())
     assert state["unet_step"] > first_steps
     assert [p["command"].endswith("--position-pairs 2") for p in state["pieces"]] == [False, True]

@@ -367,7 +367,6 @@ class LoraTrainer:
     def export_lora(self, pipe, path: Path, step: int) -> Path:
         """Write a diffusers-loadable LoRA .safetensors with training metadata inside."""
         from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import load_file, save_file
 
@@ -376,10 +375,11 @@ class LoraTrainer:
         cfg = self.config
         folder = path.parent / (path.stem + ".parts")
         shutil.rmtree(folder, ignore_errors=True)
-        te_layers = (convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
-                     if cfg.train_text_encoder else None)
+        # peft's own key names (lora_A / lora_B) for every layer: diffusers' conversion renames only the attention
+        # layers (lora.down / lora.up), and a file mixing both names loads without its attention layers
+        te_layers = get_peft_model_state_dict(pipe.text_encoder) if cfg.train_text_encoder else None
         StableDiffusionPipeline.save_lora_weights(
-            folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+            folder, unet_lora_layers=get_peft_model_state_dict(pipe.unet),
             text_encoder_lora_layers=te_layers, safe_serialization=True)
         tensors = load_file(str(folder / "pytorch_lora_weights.safetensors"))
         if self.embedding:

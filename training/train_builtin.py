@@ -138,10 +138,9 @@ class Trainer:
             vae.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             torch.set_rng_state(ck["rng"])
-        budget = a.vae_minutes * 60
         last_ck = time.time()
         rng = random.Random(a.seed * 7919 + self.state["vae_step"])
-        while self.state["vae_seconds"] < budget:
+        while not self.vae_done():
             t0 = time.time()
             imgs, weights = [], []
             for _ in range(a.vae_batch):
@@ -166,12 +165,17 @@ class Trainer:
             self.state["vae_step"] += 1
             self.state["vae_seconds"] += time.time() - t0
             self._log("vae", self.state["vae_step"], self.state["vae_seconds"], loss.item())
-            if time.time() - last_ck > 120 or self.state["vae_seconds"] >= budget:
+            if time.time() - last_ck > 120 or self.vae_done():
                 _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state()},
                              self.work / "vae.pt")
                 self.save_state()
                 last_ck = time.time()
         return vae
+
+    def vae_done(self) -> bool:
+        """The VAE phase ends at `--vae-minutes` of training, or at `--vae-steps` steps when that is set."""
+        a, st = self.args, self.state
+        return st["vae_seconds"] >= a.vae_minutes * 60 or 0 < a.vae_steps <= st["vae_step"]
 
     def import_vae(self, folder: Path) -> None:
         """Start from an already trained VAE (a diffusers folder with its training_state.json); its training
@@ -403,6 +407,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vae-minutes", type=float, default=8)
+    p.add_argument("--vae-steps", type=int, default=0, help="end the VAE phase at this many steps (0: minutes only)")
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-from", default="", help="start from this trained model folder's VAE (its minutes count)")
@@ -440,7 +445,7 @@ def main(argv=None):
     trainer = Trainer(args)
     if args.vae_from:
         trainer.import_vae(Path(args.vae_from))
-    if not trainer.state.get("vae_imported") and trainer.state["vae_seconds"] < args.vae_minutes * 60:
+    if not trainer.state.get("vae_imported") and not trainer.vae_done():
         trainer.train_vae()
     data = trainer.cache_latents()
     ema_unet, ema_te = trainer.train_unet(data)
