@@ -212,9 +212,10 @@ class LoraProofRecipe:
     train_text_encoder: bool = False
     caption_dropout: float = 0.0
     train_conv: bool = True  # LoCon: convolutions and feed-forward layers too
+    train_attention: bool = False  # the attention projections (off: convolutions only, which keeps the others)
     train_embedding: bool = True  # pivotal tuning of the trigger word "star"
     embedding_learning_rate: float = 5e-3
-    subject_weight: float = 1.0  # loss weight on the objects' pixels (the images' alpha channel)
+    subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
     mixed_precision: str = "no"
 
 
@@ -271,6 +272,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              regularization_share=recipe.regularization_share,
                              caption_dropout=recipe.caption_dropout, trigger_word="star",
                              train_embedding=recipe.train_embedding, train_conv=recipe.train_conv,
+                             train_attention=recipe.train_attention,
                              embedding_learning_rate=recipe.embedding_learning_rate,
                              subject_weight=recipe.subject_weight, mixed_precision=recipe.mixed_precision)
     stop = threading.Event()
@@ -299,7 +301,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     probe.on_event = lambda e: stamps.append(time.perf_counter()) if e.kind == "step" else None
     probe.run()
     ours = statistics.median([b - a for a, b in zip(stamps[2:], stamps[3:])])
-    bare = _bare_lora_steps(BUILTIN_MODEL_DIR, samples, 12, 8, recipe.rank, unet_targets(recipe.train_conv))
+    bare = _bare_lora_steps(BUILTIN_MODEL_DIR, samples, 12, 8, recipe.rank, unet_targets(recipe.train_conv, recipe.train_attention))
     _line("step time studio trainer / bare peft loop (target <= 1.1)", f"{ours / bare:.3f} "
           f"({ours * 1000:.0f} ms vs {bare * 1000:.0f} ms)")
 
@@ -318,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora-text-encoder", action="store_true", help="LoRA proof: train the text encoder too")
     p.add_argument("--lora-caption-dropout", type=float, default=defaults.caption_dropout,
                    help="LoRA proof: share of captions replaced by an empty one")
+    p.add_argument("--lora-attention", action=argparse.BooleanOptionalAction, default=defaults.train_attention,
+                   help="LoRA proof: LoRA on the attention projections (--no-lora-attention: convolutions only)")
     p.add_argument("--lora-conv", action=argparse.BooleanOptionalAction, default=defaults.train_conv,
                    help="LoRA proof: LoCon (the UNet's convolutions and feed-forward layers too)")
     p.add_argument("--lora-embedding", action=argparse.BooleanOptionalAction, default=defaults.train_embedding,
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
                 train_text_encoder=args.lora_text_encoder, caption_dropout=args.lora_caption_dropout,
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
-                train_conv=args.lora_conv, subject_weight=args.lora_subject_weight,
+                train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,
                 mixed_precision=args.lora_precision))),
         ]
         for name, run in sections:

@@ -56,6 +56,20 @@ class LiveRun:
     error: str = ""
 
 
+LORA_LAYERS = {  # Train tab choice -> the trainer's switches
+    "attention": {"train_attention": True, "train_conv": False},
+    "attention + convolutions (LoCon)": {"train_attention": True, "train_conv": True},
+    "convolutions only": {"train_attention": False, "train_conv": True},
+}
+
+
+def lora_layers(choice: str) -> dict[str, bool]:
+    """The trainer's layer switches for a "LoRA layers" choice."""
+    if choice not in LORA_LAYERS:
+        raise ValidationError(f"LoRA layers must be one of: {', '.join(LORA_LAYERS)}", "lora_layers")
+    return LORA_LAYERS[choice]
+
+
 def _uncaptioned(items: list[DatasetItem]) -> list[str]:
     """File names of the items whose caption is empty."""
     return [Path(i.path).name for i in items if not i.caption.strip()]
@@ -184,6 +198,8 @@ class TrainingService:
         if cfg.train_embedding and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", cfg.trigger_word.strip()):
             raise ValidationError("trigger word for a trained embedding must be one word of 1-32 letters, digits, "
                                   "'_' or '-', starting with a letter", "trigger_word")
+        if not (cfg.train_attention or cfg.train_conv):
+            raise ValidationError("a LoRA needs some layers: attention, convolutions or both", "lora_layers")
         if cfg.mixed_precision not in PRECISIONS:
             raise ValidationError(f"mixed_precision must be one of {', '.join(PRECISIONS)}", "mixed_precision")
         return replace(

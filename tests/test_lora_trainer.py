@@ -306,3 +306,14 @@ def test_subject_weight_reads_the_alpha_channel_and_weighs_the_loss(tiny_base, s
     done = LoraTrainer(config(tiny_base, subject_weight=5, max_steps=6, checkpoint_every=0), cutouts,
                        tmp_path / "run").run()
     assert done.kind == "done" and all(np.isfinite(loss) for _, loss in trainer.loss_history + [(0, done.loss)])
+
+
+def test_convolutions_only_leaves_the_attention_layers_alone(tiny_base, star_samples, tmp_path):
+    from safetensors import safe_open
+
+    done = LoraTrainer(config(tiny_base, max_steps=4, checkpoint_every=0, train_conv=True, train_attention=False),
+                       star_samples, tmp_path / "run").run()
+    with safe_open(done.path, framework="pt") as fh:
+        keys = list(fh.keys())
+    assert any(".conv1.lora_A" in k for k in keys) and not any(".to_q." in k or ".to_k." in k for k in keys)
+    assert lora_changes_output(tiny_base, done.path)

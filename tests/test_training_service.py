@@ -61,6 +61,7 @@ def test_dataset_skips_corrupt_images_and_reads_captions(services, star_folder):
     ({"train_embedding": True}, "trigger_word"), ({"train_embedding": True, "trigger_word": "two words"}, "trigger_word"),
     ({"train_embedding": True, "trigger_word": "star", "embedding_learning_rate": 9.0}, "embedding_learning_rate"),
     ({"subject_weight": 0.5}, "subject_weight"),
+    ({"train_attention": False, "train_conv": False}, "lora_layers"),
 ])
 def test_bad_parameters_name_the_field(services, star_folder, overrides, field):
     items, _ = services.training.load_dataset([str(star_folder)])
@@ -185,3 +186,13 @@ def test_user_presets_and_epochs(services):
     with pytest.raises(ValidationError):
         services.training.save_preset("bad", {"colour": 1})
     assert services.training.steps_for_epochs(2, 30, 4) == 15
+
+
+def test_lora_layer_choices_map_to_the_trainer_switches():
+    from studio.training_service import LORA_LAYERS, lora_layers
+
+    assert lora_layers("convolutions only") == {"train_attention": False, "train_conv": True}
+    assert all(any(lora_layers(choice).values()) for choice in LORA_LAYERS)
+    with pytest.raises(ValidationError) as err:
+        lora_layers("everything")
+    assert err.value.field == "lora_layers" and "attention" in str(err.value)

@@ -49,6 +49,7 @@ class LoraTrainingConfig:
     color_jitter: float = 0.0
     train_text_encoder: bool = False
     train_conv: bool = False  # LoCon: LoRA on the UNet's convolutions and feed-forward layers as well
+    train_attention: bool = True  # LoRA on the attention projections (off with train_conv: convolutions only)
     seed: int = 0
     validation_prompts: list[str] = field(default_factory=list)
     validation_every: int = 100
@@ -94,9 +95,9 @@ class CheckpointError(OSError):
     """A checkpoint could not be written; the message says which earlier checkpoint survives."""
 
 
-def unet_targets(train_conv: bool) -> list[str]:
-    """The UNet module names a LoRA adapts: attention projections, plus LoCon's layers when `train_conv`."""
-    return UNET_TARGETS + (UNET_CONV_TARGETS if train_conv else [])
+def unet_targets(train_conv: bool, train_attention: bool = True) -> list[str]:
+    """The UNet module names a LoRA adapts: the attention projections and/or LoCon's layers."""
+    return (UNET_TARGETS if train_attention else []) + (UNET_CONV_TARGETS if train_conv else [])
 
 
 def weighted_mse(pred, target, weights):
@@ -220,7 +221,7 @@ class LoraTrainer:
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
         pipe.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                         target_modules=unet_targets(cfg.train_conv)))
+                                         target_modules=unet_targets(cfg.train_conv, cfg.train_attention)))
         if cfg.train_text_encoder:
             pipe.text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                                      target_modules=TEXT_TARGETS))

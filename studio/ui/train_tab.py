@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.errors import ValidationError
-from studio.training_service import DatasetItem
+from studio.training_service import LORA_LAYERS, DatasetItem, lora_layers
 from studio.ui.errors import user_errors
 from training.curves import smooth
 from training.lora_trainer import LR_SCHEDULERS, PRECISIONS, LoraTrainingConfig
@@ -103,8 +103,9 @@ def create_tab(services):
                         crop = gr.Checkbox(False, label="Random crop")
                         train_te = gr.Checkbox(False, label="Train text encoder")
                     with gr.Row():
-                        train_conv = gr.Checkbox(False, label="LoCon",
-                                                 info="convolutions too: for shapes the base model cannot draw yet")
+                        layers = gr.Radio(list(LORA_LAYERS), value="attention", label="LoRA layers",
+                                          info="LoCon or convolutions only: for shapes the base model cannot draw "
+                                               "yet (convolutions only leaves its colour binding alone)")
                         train_emb = gr.Checkbox(False, label="Trigger embedding",
                                                 info="pivotal tuning: learns a new embedding for the trigger word")
                     with gr.Row():
@@ -233,7 +234,7 @@ def create_tab(services):
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
                  reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
-                 train_conv_v=False, subject_weight_v=1.0):
+                 layers_v="attention", subject_weight_v=1.0):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -250,7 +251,7 @@ def create_tab(services):
                                                         if p.strip()],
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
             caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
-            train_conv=bool(train_conv_v), subject_weight=subject_weight_v or 1.0,
+            **lora_layers(layers_v), subject_weight=subject_weight_v or 1.0,
             trigger_word=(trigger_v or "").strip(), device=services.models.device.device,
         )
         run_id = training.start(cfg, items, model_id, regularization)
@@ -259,7 +260,7 @@ def create_tab(services):
 
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
-                           reg_share, trigger, caption_dropout, train_emb, train_conv, subject_weight],
+                           reg_share, trigger, caption_dropout, train_emb, layers, subject_weight],
                 current, api_name="train")
 
     def on_stop(run_id):
