@@ -10,6 +10,7 @@ model's prompt adherence on the held-out prompt set, and the LoRA proof (teachin
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import statistics
 import subprocess
@@ -207,7 +208,7 @@ class LoraProofRecipe:
     minutes: float = 15.0
     rank: int = 16
     learning_rate: float = 1e-3
-    max_steps: int = 2600
+    max_steps: int = 0  # 0: as many as fit the minutes on this machine (measured by a short calibration run)
     regularization_share: float = 0.5
     train_text_encoder: bool = False
     caption_dropout: float = 0.0
@@ -217,6 +218,16 @@ class LoraProofRecipe:
     embedding_learning_rate: float = 5e-3
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
     mixed_precision: str = "no"
+    out: str = ""  # a folder that keeps the LoRA file and before/after contact sheets of the star prompts
+
+
+def _save_sheet(pairs: list, path: Path) -> None:
+    """A contact sheet of the generated images, 8 per row (for looking at what the scores measured)."""
+    from diffusers.utils import make_image_grid
+
+    images = [image for _, image in pairs]
+    images += [images[0].copy()] * (-len(images) % 8)
+    make_image_grid(images, rows=len(images) // 8, cols=8).save(path)
 
 
 def _world_samples(folder: Path, scenes, cutouts: bool = False) -> list:
@@ -241,6 +252,23 @@ def _world_samples(folder: Path, scenes, cutouts: bool = False) -> list:
     return samples
 
 
+def _steps_that_fit(cfg, samples, prior, run_dir: Path, minutes: float) -> int:
+    """How many steps of this exact recipe fit `minutes` here (so the learning-rate schedule ends in time):
+    a 16-step run measures the setup (loading, latent cache) and the median step."""
+    from dataclasses import replace
+
+    from training.lora_trainer import LoraTrainer
+
+    started, stamps = time.perf_counter(), []
+    trainer = LoraTrainer(replace(cfg, max_steps=16, checkpoint_every=0), samples, run_dir, regularization=prior)
+    trainer.on_event = lambda e: stamps.append(time.perf_counter()) if e.kind == "step" else None
+    trainer.run()
+    step = statistics.median([b - a for a, b in zip(stamps[2:], stamps[3:])])
+    steps = int(0.97 * (minutes * 60 - (stamps[0] - started)) / step)
+    _line("calibration: median step, steps in the time cap", f"{step * 1000:.0f} ms, {steps}")
+    return steps
+
+
 def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     """Teach the held-out "star" to the built-in model with a LoRA; scores before/after, speed vs a bare loop."""
     import threading
@@ -251,7 +279,8 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
     from training.evaluator import concept_prompt_set, heldout_prompt_set, parse_prompt
     from training.lora_trainer import LoraTrainer, LoraTrainingConfig, unet_targets
-    from training.model_card import score_pipeline
+    from training.evaluator import evaluate
+    from training.model_card import generate_pairs, score_pipeline
     from training.world import concept_scene, sample_scene
 
     print(f"LoRA: teach the held-out 'star' ({recipe})", flush=True)
@@ -263,7 +292,12 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:24]
     pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    before_star, before_other = score_pipeline(pipe, stars), score_pipeline(pipe, others)
+    star_pairs = generate_pairs(pipe, stars)
+    before_star, before_other = evaluate(star_pairs), score_pipeline(pipe, others)
+    out = Path(recipe.out) if recipe.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        _save_sheet(star_pairs, out / "star-before.png")
 
     cfg = LoraTrainingConfig(base_model=str(BUILTIN_MODEL_DIR), name="star", rank=recipe.rank, alpha=recipe.rank,
                              learning_rate=recipe.learning_rate, lr_scheduler="cosine", warmup_steps=20,
@@ -275,6 +309,8 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              train_attention=recipe.train_attention,
                              embedding_learning_rate=recipe.embedding_learning_rate,
                              subject_weight=recipe.subject_weight, mixed_precision=recipe.mixed_precision)
+    if not cfg.max_steps:
+        cfg.max_steps = _steps_that_fit(cfg, samples, prior, tmp / "lora-calibration", recipe.minutes)
     stop = threading.Event()
     timer = threading.Timer(recipe.minutes * 60, stop.set)
     trainer = LoraTrainer(cfg, samples, tmp / "lora-run", regularization=prior)
@@ -284,8 +320,14 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     steps_per_s = result.step / result.seconds
     pipe.load_lora_weights(result.path)
     with trigger_embeddings(pipe, [result.path]) as words:
-        after_star, after_other = (score_pipeline(pipe, prompts, rewrite=lambda p: use_trigger_tokens(p, words))
-                                   for prompts in (stars, others))
+        star_pairs = generate_pairs(pipe, stars, rewrite=lambda p: use_trigger_tokens(p, words))
+        after_star = evaluate(star_pairs)
+        after_other = score_pipeline(pipe, others, rewrite=lambda p: use_trigger_tokens(p, words))
+    if out:
+        _save_sheet(star_pairs, out / "star-after.png")
+        for file in Path(result.path).parent.glob(Path(result.path).stem + "*"):
+            shutil.copy(file, out / file.name)
+        (out / "star-prompts.txt").write_text("\n".join(p for p, _ in stars) + "\n")
     for label, before, after in (("star prompts (target >= 0.7)", before_star, after_star),
                                  ("other concepts (target >= 0.8)", before_other, after_other)):
         _line(f"{label} overall before -> after", f"{before['overall']:.3f} -> {after['overall']:.3f}")
@@ -312,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip", default="", help="comma list of: generation,cache,coldstart,gallery,adherence,lora")
     defaults = LoraProofRecipe()
     p.add_argument("--lora-minutes", type=float, default=defaults.minutes, help="LoRA proof: training time cap")
-    p.add_argument("--lora-steps", type=int, default=defaults.max_steps, help="LoRA proof: steps (cosine schedule)")
+    p.add_argument("--lora-steps", type=int, default=defaults.max_steps,
+                   help="LoRA proof: steps (cosine schedule; 0: as many as fit the minutes)")
     p.add_argument("--lora-lr", type=float, default=defaults.learning_rate, help="LoRA proof: learning rate")
     p.add_argument("--lora-rank", type=int, default=defaults.rank, help="LoRA proof: rank (= alpha)")
     p.add_argument("--lora-reg-share", type=float, default=defaults.regularization_share,
@@ -332,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA proof: loss weight on the objects' pixels (1 = even)")
     p.add_argument("--lora-precision", choices=("no", "bf16"), default=defaults.mixed_precision,
                    help="LoRA proof: mixed precision")
+    p.add_argument("--lora-out", default="", help="LoRA proof: keep the LoRA and before/after contact sheets here")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
@@ -351,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
                 train_text_encoder=args.lora_text_encoder, caption_dropout=args.lora_caption_dropout,
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
                 train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,
-                mixed_precision=args.lora_precision))),
+                mixed_precision=args.lora_precision, out=args.lora_out))),
         ]
         for name, run in sections:
             if name not in skip:

@@ -234,6 +234,7 @@ def test_trigger_embedding_trains_only_its_row_resumes_and_ships_inside_the_lora
     assert torch.equal(trained[:table.shape[0]], table)  # no row of the base vocabulary moved
     init = table[base.tokenizer("star", add_special_tokens=False).input_ids].mean(0)
     assert (trained[second.embedding.id] - init).abs().max() > 1e-3  # the trigger row did
+    assert trained[second.embedding.id].norm() <= table.norm(dim=1).max() * 1.0001  # and no louder than any word
     assert not torch.equal(saved_at_10, second.embedding.vector())
 
     word, vector = load_embedding(done.path)
@@ -276,9 +277,10 @@ def test_locon_adapts_the_convolutions_and_still_loads_in_diffusers(tiny_base, s
 
 
 def test_subject_weight_reads_the_alpha_channel_and_weighs_the_loss(tiny_base, star_samples, tmp_path):
+    """...also through the latent cache (plain and mirrored views equal a direct encode)."""
     import random
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from training.lora_trainer import subject_mask
 
@@ -302,6 +304,18 @@ def test_subject_weight_reads_the_alpha_channel_and_weighs_the_loss(tiny_base, s
     h, w = latents.shape[-2:]
     middle, corner = weights[:, 0, h // 2 - 1:h // 2 + 1, w // 2 - 1:w // 2 + 1], weights[:, 0, 0, 0]
     assert torch.allclose(middle, torch.full_like(middle, 5.0)) and torch.allclose(corner, torch.ones_like(corner))
+    assert trainer._cache_latents(pipe, images) is None  # random crop needs fresh pixels every step
+
+    cached = LoraTrainer(config(tiny_base, subject_weight=5, flip=True), cutouts, tmp_path / "c")
+    cached.latent_cache = cached._cache_latents(pipe, images)
+    c_latents, c_weights, _ = cached._batch(pipe, random.Random(0), images)
+    assert c_latents.shape == latents.shape
+    assert torch.allclose(c_weights[:, 0, h // 2, w // 2], torch.full((2,), 5.0))
+    plain, mirrored = cached.latent_cache[0]
+    direct = cached._encode(pipe, [images[0][0]], [images[0][1]])
+    flipped = cached._encode(pipe, [ImageOps.mirror(images[0][0])], [ImageOps.mirror(images[0][1])])
+    for got, want in ((plain, direct), (mirrored, flipped)):
+        assert all(torch.allclose(part, expected[0], atol=1e-5) for part, expected in zip(got, want))
 
     done = LoraTrainer(config(tiny_base, subject_weight=5, max_steps=6, checkpoint_every=0), cutouts,
                        tmp_path / "run").run()
