@@ -216,6 +216,7 @@ class LoraProofRecipe:
     train_attention: bool = False  # the attention projections (off: convolutions only, which keeps the others)
     train_embedding: bool = True  # pivotal tuning of the trigger word "star"
     embedding_learning_rate: float = 5e-3
+    embedding_init: str = "triangle"  # word(s) the trigger embedding starts from ("": "star" itself)
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
     mixed_precision: str = "no"
     out: str = ""  # a folder that keeps the LoRA file and before/after contact sheets of the star prompts
@@ -308,6 +309,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              train_embedding=recipe.train_embedding, train_conv=recipe.train_conv,
                              train_attention=recipe.train_attention,
                              embedding_learning_rate=recipe.embedding_learning_rate,
+                             embedding_init=recipe.embedding_init,
                              subject_weight=recipe.subject_weight, mixed_precision=recipe.mixed_precision)
     if not cfg.max_steps:
         cfg.max_steps = _steps_that_fit(cfg, samples, prior, tmp / "lora-calibration", recipe.minutes)
@@ -371,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA proof: also train the trigger word's embedding (pivotal tuning)")
     p.add_argument("--lora-embedding-lr", type=float, default=defaults.embedding_learning_rate,
                    help="LoRA proof: learning rate of the trigger embedding")
+    p.add_argument("--lora-embedding-init", default=defaults.embedding_init,
+                   help="LoRA proof: word(s) the trigger embedding starts from ('': 'star' itself)")
     p.add_argument("--lora-subject-weight", type=float, default=defaults.subject_weight,
                    help="LoRA proof: loss weight on the objects' pixels (1 = even)")
     p.add_argument("--lora-precision", choices=("no", "bf16"), default=defaults.mixed_precision,
@@ -394,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
                 train_text_encoder=args.lora_text_encoder, caption_dropout=args.lora_caption_dropout,
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
+                embedding_init=args.lora_embedding_init,
                 train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,
                 mixed_precision=args.lora_precision, out=args.lora_out))),
         ]

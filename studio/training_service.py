@@ -198,6 +198,8 @@ class TrainingService:
         if cfg.train_embedding and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", cfg.trigger_word.strip()):
             raise ValidationError("trigger word for a trained embedding must be one word of 1-32 letters, digits, "
                                   "'_' or '-', starting with a letter", "trigger_word")
+        if len(cfg.embedding_init) > 200:
+            raise ValidationError("embedding start words must be at most 200 characters", "embedding_init")
         if not (cfg.train_attention or cfg.train_conv):
             raise ValidationError("a LoRA needs some layers: attention, convolutions or both", "lora_layers")
         if cfg.mixed_precision not in PRECISIONS:
@@ -209,7 +211,7 @@ class TrainingService:
             learning_rate=check_range("learning_rate", cfg.learning_rate, 1e-7, 1e-1, float),
             embedding_learning_rate=check_range("embedding_learning_rate", cfg.embedding_learning_rate, 1e-6, 1.0,
                                                 float),
-            trigger_word=cfg.trigger_word.strip(),
+            trigger_word=cfg.trigger_word.strip(), embedding_init=cfg.embedding_init.strip(),
             max_steps=check_range("max_steps", cfg.max_steps, 1, 100_000, int),
             batch_size=check_range("batch_size", cfg.batch_size, 1, 64, int),
             resolution=check_range("resolution", cfg.resolution, 64, 2048, int),

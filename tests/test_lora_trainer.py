@@ -210,6 +210,19 @@ def test_caption_dropout_empties_that_share_of_captions(tiny_base, star_samples)
     assert kept._captions(idx, random.Random(0)) == [star_samples[i].caption for i in idx]
 
 
+def test_trigger_embedding_starts_from_the_chosen_words(tiny_base):
+    from diffusers import StableDiffusionPipeline
+
+    from training.lora_trainer import TriggerEmbedding
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    embedding = TriggerEmbedding(pipe, "star", init="red circle")
+    start = table[pipe.tokenizer("red circle", add_special_tokens=False).input_ids].mean(0)
+    assert torch.allclose(embedding.vector()[0], start)
+    assert pipe.tokenizer.convert_tokens_to_ids("<star>") == embedding.id
+
+
 def test_trigger_embedding_trains_only_its_row_resumes_and_ships_inside_the_lora(tiny_base, star_samples, tmp_path):
     """Pivotal tuning: the trigger word gets a new token whose embedding trains; every other row is unchanged;
     the vector survives stop/resume and is bundled in the LoRA file, which diffusers still loads."""

@@ -60,6 +60,7 @@ class LoraTrainingConfig:
     trigger_word: str = ""
     train_embedding: bool = False  # pivotal tuning: learn an input embedding for the trigger word too
     embedding_learning_rate: float = 5e-3
+    embedding_init: str = ""  # word(s) whose mean embedding the trigger's starts from ("": the trigger word)
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
     subject_weight: float = 1.0  # loss weight where an image's alpha channel marks the subject (1 = even)
@@ -154,15 +155,17 @@ def saved_loss_history(run_dir: Path) -> list[tuple[int, float]]:
 class TriggerEmbedding:
     """A new token `<word>` whose input embedding is trained (pivotal tuning); every other row stays frozen.
 
-    The row starts from the mean embedding of the word's own tokens; a gradient mask keeps the rest unchanged."""
+    The row starts from the mean embedding of `init` (default: the word itself), e.g. a known word close to the
+    concept, so the text encoder reads it as that kind of word from the first step; a gradient mask keeps every
+    other row unchanged."""
 
-    def __init__(self, pipe, word: str):
+    def __init__(self, pipe, word: str, init: str = ""):
         import torch
 
         from pipelines.embeddings import embedding_token
 
         self.word, self.token = word, embedding_token(word)
-        init_ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
+        init_ids = pipe.tokenizer(init.strip() or word, add_special_tokens=False).input_ids
         embeddings = pipe.text_encoder.get_input_embeddings()
         init = embeddings.weight.data[init_ids].mean(0)
         self.max_norm = float(embeddings.weight.data.norm(dim=1).max())  # no word of the vocabulary is louder
@@ -237,7 +240,7 @@ class LoraTrainer:
             pipe.text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                                      target_modules=TEXT_TARGETS))
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.embedding = TriggerEmbedding(pipe, cfg.trigger_word) if cfg.train_embedding else None
+        self.embedding = TriggerEmbedding(pipe, cfg.trigger_word, cfg.embedding_init) if cfg.train_embedding else None
         return pipe
 
     def _param_groups(self, pipe) -> list[dict]:

@@ -108,6 +108,10 @@ def create_tab(services):
                                                "yet (convolutions only leaves its colour binding alone)")
                         train_emb = gr.Checkbox(False, label="Trigger embedding",
                                                 info="pivotal tuning: learns a new embedding for the trigger word")
+                        emb_init = gr.Textbox(label="Embedding starts from",
+                                              placeholder="the trigger word itself",
+                                              info="a known word close to the concept (e.g. 'triangle' for a star) "
+                                                   "so the prompt's other words bind to it from the first step")
                     with gr.Row():
                         jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
                         caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
@@ -234,7 +238,7 @@ def create_tab(services):
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
                  reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
-                 layers_v="attention", subject_weight_v=1.0):
+                 layers_v="attention", subject_weight_v=1.0, emb_init_v=""):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -252,7 +256,8 @@ def create_tab(services):
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
             caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
             **lora_layers(layers_v), subject_weight=subject_weight_v or 1.0,
-            trigger_word=(trigger_v or "").strip(), device=services.models.device.device,
+            trigger_word=(trigger_v or "").strip(), embedding_init=(emb_init_v or "").strip(),
+            device=services.models.device.device,
         )
         run_id = training.start(cfg, items, model_id, regularization)
         gr.Info(f"Training started: run {run_id}")
@@ -260,7 +265,7 @@ def create_tab(services):
 
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
-                           reg_share, trigger, caption_dropout, train_emb, layers, subject_weight],
+                           reg_share, trigger, caption_dropout, train_emb, layers, subject_weight, emb_init],
                 current, api_name="train")
 
     def on_stop(run_id):
