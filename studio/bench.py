@@ -253,6 +253,14 @@ def _world_samples(folder: Path, scenes, cutouts: bool = False) -> list:
     return samples
 
 
+def _timed_run(trainer) -> tuple[float, float]:
+    """Run a short training to the end: seconds until its first step (loading, latent cache), median step."""
+    started, stamps = time.perf_counter(), []
+    trainer.on_event = lambda e: stamps.append(time.perf_counter()) if e.kind == "step" else None
+    trainer.run()
+    return stamps[0] - started, statistics.median([b - a for a, b in zip(stamps[2:], stamps[3:])])
+
+
 def _steps_that_fit(cfg, samples, prior, run_dir: Path, minutes: float) -> int:
     """How many steps of this exact recipe fit `minutes` here (so the learning-rate schedule ends in time):
     a 16-step run measures the setup (loading, latent cache) and the median step."""
@@ -260,12 +268,9 @@ def _steps_that_fit(cfg, samples, prior, run_dir: Path, minutes: float) -> int:
 
     from training.lora_trainer import LoraTrainer
 
-    started, stamps = time.perf_counter(), []
-    trainer = LoraTrainer(replace(cfg, max_steps=16, checkpoint_every=0), samples, run_dir, regularization=prior)
-    trainer.on_event = lambda e: stamps.append(time.perf_counter()) if e.kind == "step" else None
-    trainer.run()
-    step = statistics.median([b - a for a, b in zip(stamps[2:], stamps[3:])])
-    steps = int(0.97 * (minutes * 60 - (stamps[0] - started)) / step)
+    setup, step = _timed_run(LoraTrainer(replace(cfg, max_steps=16, checkpoint_every=0), samples, run_dir,
+                                         regularization=prior))
+    steps = int(0.97 * (minutes * 60 - setup) / step)
     _line("calibration: median step, steps in the time cap", f"{step * 1000:.0f} ms, {steps}")
     return steps
 
@@ -278,9 +283,8 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     from diffusers import StableDiffusionPipeline
 
     from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
-    from training.evaluator import concept_prompt_set, heldout_prompt_set, parse_prompt
+    from training.evaluator import concept_prompt_set, evaluate, heldout_prompt_set, parse_prompt
     from training.lora_trainer import LoraTrainer, LoraTrainingConfig, unet_targets
-    from training.evaluator import evaluate
     from training.model_card import generate_pairs, score_pipeline
     from training.world import concept_scene, sample_scene
 
@@ -340,11 +344,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
           f"{result.seconds / 60:.1f} min, {result.step} steps, {steps_per_s:.2f}")
     short = LoraTrainingConfig(**{**cfg.__dict__, "max_steps": 12, "train_text_encoder": False,
                                   "regularization_share": 0.0, "train_embedding": False})
-    probe = LoraTrainer(short, samples, tmp / "lora-probe")
-    stamps = []
-    probe.on_event = lambda e: stamps.append(time.perf_counter()) if e.kind == "step" else None
-    probe.run()
-    ours = statistics.median([b - a for a, b in zip(stamps[2:], stamps[3:])])
+    _, ours = _timed_run(LoraTrainer(short, samples, tmp / "lora-probe"))
     bare = _bare_lora_steps(BUILTIN_MODEL_DIR, samples, 12, 8, recipe.rank, unet_targets(recipe.train_conv, recipe.train_attention))
     _line("step time studio trainer / bare peft loop (target <= 1.1)", f"{ours / bare:.3f} "
           f"({ours * 1000:.0f} ms vs {bare * 1000:.0f} ms)")
