@@ -39,6 +39,7 @@ class PipelineCall:
     init_image: object | None = None
     mask_image: object | None = None
     strength: float = 0.75
+    cfg_rescale: float = 0.0  # guidance_rescale (for zero-terminal-SNR models); only where the pipeline has it
     extra: dict = field(default_factory=dict)
 
 
@@ -62,6 +63,13 @@ def preview_image(pipe, latents):
     return Image.fromarray(arr)
 
 
+def supports_cfg_rescale(pipe) -> bool:
+    """Whether the pipeline takes guidance_rescale (SD txt2img and every SDXL mode; not SD img2img/inpaint)."""
+    import inspect
+
+    return "guidance_rescale" in inspect.signature(pipe.__call__).parameters
+
+
 def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event | None = None,
                  on_step: Callable[[StepUpdate], None] | None = None, preview_every: int = 5) -> list:
     """Run `pipe` once for `call` (one image per seed); returns PIL images, or [] if cancelled mid-run."""
@@ -82,6 +90,8 @@ def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event 
     elif call.mode == "inpaint":
         kwargs.update(image=call.init_image, mask_image=call.mask_image, strength=call.strength,
                       width=call.width, height=call.height)
+    if call.cfg_rescale and supports_cfg_rescale(pipe):
+        kwargs["guidance_rescale"] = call.cfg_rescale
     kwargs.update(call.extra)
     state = {"cancelled": False}
 

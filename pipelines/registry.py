@@ -43,6 +43,24 @@ class ModelSource:
         return self.id.split(":", 1)[1]
 
 
+RECOMMENDED_FILE = "generation_defaults.json"
+DEFAULT_GENERATION = {"cfg_scale": 7.0, "cfg_rescale": 0.0}
+
+
+def recommended_settings(source: ModelSource) -> dict:
+    """The generation settings a model folder recommends in its generation_defaults.json (CFG scale, CFG
+    rescale), over the studio's defaults; unknown keys and unreadable files are ignored."""
+    settings = dict(DEFAULT_GENERATION)
+    path = Path(source.location) / RECOMMENDED_FILE
+    if source.kind in ("builtin", "diffusers") and path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return settings
+        settings.update({k: float(v) for k, v in found.items() if k in settings and isinstance(v, (int, float))})
+    return settings
+
+
 def check_relative_name(name: str, field: str = "name") -> str:
     """Refuse names that could escape a folder (``..``, absolute paths, backslashes, NUL)."""
     if not name or "\x00" in name or "\\" in name or name.startswith("/") or ".." in Path(name).parts:

@@ -45,23 +45,27 @@ def bench_generation(tmp: Path, repeats: int) -> None:
     from pipelines.samplers import make_scheduler
     from studio.generation_service import GenerationRequest
 
-    print("Generation (built-in model, 20 steps, 128x128, DPM++ 2M, CFG 7)", flush=True)
     services = _services(tmp)
     raw = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
     raw.set_progress_bar_config(disable=True)
     raw.scheduler = make_scheduler("DPM++ 2M", dict(raw.scheduler.config))
     prompt = "a red circle on a blue background"
     req = GenerationRequest(prompt=prompt, sampler="DPM++ 2M", steps=20, width=128, height=128, seed=11)
+    checked = services.generation.validate(req)  # the model's recommended CFG scale and rescale
+    guidance = dict(guidance_scale=checked.cfg_scale, guidance_rescale=checked.cfg_rescale)
+    print(f"Generation (built-in model, 20 steps, 128x128, DPM++ 2M, CFG {checked.cfg_scale:g}, "
+          f"rescale {checked.cfg_rescale:g})", flush=True)
     services.generation.generate(req)  # warm both paths
-    raw(prompt, num_inference_steps=20, width=128, height=128, generator=torch.Generator().manual_seed(11))
+    raw(prompt, num_inference_steps=20, width=128, height=128, generator=torch.Generator().manual_seed(11),
+        **guidance)
     studio_t, raw_t = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         result = services.generation.generate(req)
         studio_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        image = raw(prompt, num_inference_steps=20, width=128, height=128, guidance_scale=7.0,
-                    generator=torch.Generator().manual_seed(11)).images[0]
+        image = raw(prompt, num_inference_steps=20, width=128, height=128,
+                    generator=torch.Generator().manual_seed(11), **guidance).images[0]
         raw_t.append(time.perf_counter() - t0)
     same = np.array_equal(np.asarray(Image.open(result.images[0].path)), np.asarray(image))
     s, r = statistics.median(studio_t), statistics.median(raw_t)
@@ -218,6 +222,7 @@ class LoraProofRecipe:
     embedding_learning_rate: float = 5e-3
     embedding_init: str = "triangle"  # word(s) the trigger embedding starts from ("": "star" itself)
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
+    balance_subject_sizes: bool = False  # small objects' pixels weigh more (each object pulls as hard in all)
     mixed_precision: str = "no"
     out: str = ""  # a folder that keeps the LoRA file and before/after contact sheets of the star prompts
 
@@ -283,6 +288,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     from diffusers import StableDiffusionPipeline
 
     from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
+    from pipelines.registry import BUILTIN_ID, ModelSource, recommended_settings
     from training.evaluator import concept_prompt_set, evaluate, heldout_prompt_set, parse_prompt
     from training.lora_trainer import LoraTrainer, LoraTrainingConfig, unet_targets
     from training.model_card import generate_pairs, score_pipeline
@@ -297,8 +303,9 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:24]
     pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    star_pairs = generate_pairs(pipe, stars)
-    before_star, before_other = evaluate(star_pairs), score_pipeline(pipe, others)
+    guidance = recommended_settings(ModelSource(BUILTIN_ID, "builtin", str(BUILTIN_MODEL_DIR)))  # as the studio
+    star_pairs = generate_pairs(pipe, stars, **guidance)
+    before_star, before_other = evaluate(star_pairs), score_pipeline(pipe, others, **guidance)
     out = Path(recipe.out) if recipe.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +321,9 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              train_attention=recipe.train_attention,
                              embedding_learning_rate=recipe.embedding_learning_rate,
                              embedding_init=recipe.embedding_init,
-                             subject_weight=recipe.subject_weight, mixed_precision=recipe.mixed_precision)
+                             subject_weight=recipe.subject_weight,
+                             balance_subject_sizes=recipe.balance_subject_sizes,
+                             mixed_precision=recipe.mixed_precision)
     if not cfg.max_steps:
         cfg.max_steps = _steps_that_fit(cfg, samples, prior, tmp / "lora-calibration", recipe.minutes)
     stop = threading.Event()
@@ -326,9 +335,9 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     steps_per_s = result.step / result.seconds
     pipe.load_lora_weights(result.path)
     with trigger_embeddings(pipe, [result.path]) as words:
-        star_pairs = generate_pairs(pipe, stars, rewrite=lambda p: use_trigger_tokens(p, words))
+        star_pairs = generate_pairs(pipe, stars, rewrite=lambda p: use_trigger_tokens(p, words), **guidance)
         after_star = evaluate(star_pairs)
-        after_other = score_pipeline(pipe, others, rewrite=lambda p: use_trigger_tokens(p, words))
+        after_other = score_pipeline(pipe, others, rewrite=lambda p: use_trigger_tokens(p, words), **guidance)
     if out:
         _save_sheet(star_pairs, out / "star-after.png")
         for file in Path(result.path).parent.glob(Path(result.path).stem + "*"):
@@ -377,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA proof: word(s) the trigger embedding starts from ('': 'star' itself)")
     p.add_argument("--lora-subject-weight", type=float, default=defaults.subject_weight,
                    help="LoRA proof: loss weight on the objects' pixels (1 = even)")
+    p.add_argument("--lora-balance-sizes", action=argparse.BooleanOptionalAction,
+                   default=defaults.balance_subject_sizes,
+                   help="LoRA proof: weigh each object's pixels by the inverse of its area (small stars pull harder)")
     p.add_argument("--lora-precision", choices=("no", "bf16"), default=defaults.mixed_precision,
                    help="LoRA proof: mixed precision")
     p.add_argument("--lora-out", default="", help="LoRA proof: keep the LoRA and before/after contact sheets here")
@@ -400,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
                 embedding_init=args.lora_embedding_init,
                 train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,
-                mixed_precision=args.lora_precision, out=args.lora_out))),
+                balance_subject_sizes=args.lora_balance_sizes, mixed_precision=args.lora_precision, out=args.lora_out))),
         ]
         for name, run in sections:
             if name not in skip:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from pipelines.generation import PipelineCall, StepUpdate, run_pipeline
+from pipelines.generation import PipelineCall, StepUpdate, run_pipeline, supports_cfg_rescale
 from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
 from pipelines.prompt_weighting import extract_lora_tags
 from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
@@ -34,7 +34,8 @@ class GenerationRequest:
     mode: str = "txt2img"
     sampler: str = DEFAULT_SAMPLER
     steps: int = 20
-    cfg_scale: float = 7.0
+    cfg_scale: float | None = None  # None: the model's recommended value (7 unless it names one)
+    cfg_rescale: float | None = None  # guidance rescale 0..1; None: the model's recommended value (0 unless named)
     width: int = 128
     height: int = 128
     seed: int = -1
@@ -110,16 +111,20 @@ class GenerationService:
         for name, value in (("width", width), ("height", height)):
             if value % 8:
                 raise ValidationError(f"{name} must be a multiple of 8 between 64 and 2048; got {value}", name)
+        self.models.resolve(req.model)
+        recommended = self.models.recommended(req.model)
         out = replace(
             req, prompt=prompt, negative_prompt=negative, width=width, height=height,
             steps=check_range("steps", req.steps, 1, 150, int),
-            cfg_scale=check_range("cfg_scale", req.cfg_scale, 0, 30, float),
+            cfg_scale=check_range("cfg_scale", recommended["cfg_scale"] if req.cfg_scale is None else req.cfg_scale,
+                                  0, 30, float),
+            cfg_rescale=check_range("cfg_rescale", recommended["cfg_rescale"] if req.cfg_rescale is None
+                                    else req.cfg_rescale, 0, 1, float),
             seed=check_range("seed", req.seed, -1, MAX_SEED, int),
             batch_count=check_range("batch_count", req.batch_count, 1, self.max_batch_count, int),
             batch_size=check_range("batch_size", req.batch_size, 1, self.max_batch_size, int),
             strength=check_range("strength", req.strength, 0.01, 1.0, float),
         )
-        self.models.resolve(out.model)
         out = replace(out, loras=self._resolve_loras(out))
         if out.mode in ("img2img", "inpaint"):
             init = load_image(out.init_image, "init_image")
@@ -177,6 +182,8 @@ class GenerationService:
 
         with self.device_lock, self.models.pipeline(req.model, req.mode, download) as pipe:
             original_scheduler = pipe.scheduler
+            if req.cfg_rescale and not supports_cfg_rescale(pipe):
+                req = replace(req, cfg_rescale=0.0)  # SD img2img/inpaint have no guidance rescale
             prompt, _ = extract_lora_tags(req.prompt)
             try:
                 self._apply_loras(pipe, req.loras)
@@ -189,7 +196,8 @@ class GenerationService:
                                  for i in range(req.batch_size)]
                         pipe.scheduler = make_scheduler(req.sampler, dict(original_scheduler.config))
                         call = PipelineCall(req.mode, prompt, negative, req.steps, req.cfg_scale, req.width,
-                                            req.height, seeds, req.init_image, req.mask_image, req.strength)
+                                            req.height, seeds, req.init_image, req.mask_image, req.strength,
+                                            req.cfg_rescale)
                         first = len(saved)
 
                         def step(update: StepUpdate, first=first):
@@ -210,6 +218,8 @@ class GenerationService:
         params = {"Steps": req.steps, "Sampler": req.sampler, "CFG scale": req.cfg_scale, "Seed": seed,
                   "Size": f"{req.width}x{req.height}", "Model hash": model_hash,
                   "Model": self.models.resolve(req.model).label}
+        if req.cfg_rescale:
+            params["CFG rescale"] = req.cfg_rescale
         if req.mode != "txt2img":
             params["Denoising strength"] = req.strength
         if req.mode == "inpaint":
@@ -229,7 +239,8 @@ class GenerationService:
         self.gallery.add({
             "id": record_id, "path": rel.as_posix(), "prompt": req.prompt, "negative_prompt": req.negative_prompt,
             "params": {"mode": req.mode, "sampler": req.sampler, "steps": req.steps, "cfg_scale": req.cfg_scale,
-                       "width": req.width, "height": req.height, "seed": seed, "strength": req.strength,
+                       "cfg_rescale": req.cfg_rescale, "width": req.width, "height": req.height, "seed": seed,
+                       "strength": req.strength,
                        "model_hash": model_hash, "infotext": text},
             "model": req.model, "created": time.time(), "job_id": job_id, "source": req.source,
         })

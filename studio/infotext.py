@@ -107,6 +107,7 @@ def infotext_to_fields(info: dict) -> dict:
     fields: dict = {}
     conversions = [("prompt", "Prompt", str), ("negative_prompt", "Negative prompt", str),
                    ("steps", "Steps", int), ("sampler", "Sampler", str), ("cfg_scale", "CFG scale", float),
+                   ("cfg_rescale", "CFG rescale", float),
                    ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
                    ("denoising_strength", "Denoising strength", float), ("model", "Model", str)]
     for name, key, kind in conversions:

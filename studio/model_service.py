@@ -11,7 +11,7 @@ from typing import Iterator
 from pipelines.devices import DeviceChoice
 from pipelines.loading import PIPELINE_KINDS, ModelLoadError, derive_pipeline, load_pipeline
 from pipelines.model_cache import ModelCache
-from pipelines.registry import BUILTIN_ID, ModelNotFound, ModelRegistry, ModelSource
+from pipelines.registry import BUILTIN_ID, ModelNotFound, ModelRegistry, ModelSource, recommended_settings
 from studio.errors import StudioError, ValidationError
 
 
@@ -46,6 +46,10 @@ class ModelService:
             return self.registry.resolve(model_id)
         except (ModelNotFound, ValueError) as exc:
             raise ValidationError(str(exc).strip("'\""), "model") from None
+
+    def recommended(self, model_id: str) -> dict:
+        """The model's recommended generation settings (cfg_scale, cfg_rescale)."""
+        return recommended_settings(self.resolve(model_id))
 
     @contextmanager
     def pipeline(self, model_id: str, kind: str = "txt2img", report=None) -> Iterator[object]:

@@ -45,7 +45,8 @@ def require_chromium() -> None:
 
 def generate_args(prompt="a red circle", **kw):
     values = dict(model_id=TINY_MODEL_ID, mode_value="txt2img", prompt_text=prompt, negative_text="",
-                  sampler_name="Euler", steps_value=2, cfg_value=7, width_value=64, height_value=64,
+                  sampler_name="Euler", steps_value=2, cfg_value=7, rescale_value=0.0,
+                  width_value=64, height_value=64,
                   seed_value=5, count=1, size=1, init_path=None, editor_value=None, strength_value=0.75)
     values.update(kw)
     return list(values.values())

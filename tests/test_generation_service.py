@@ -121,3 +121,36 @@ def test_bad_input_names_the_field(services, overrides, field, tmp_path):
         services.generation.validate(request(**overrides))
     assert err.value.field == field
     assert field.split("_")[0] in str(err.value).lower()
+
+
+def test_model_recommended_cfg_and_rescale(tmp_path, tiny_models_dir):
+    """A model folder's generation_defaults.json fills a request that names no CFG; rescale reaches the pipeline
+    and the infotext in txt2img, and is dropped (and not claimed) where SD img2img has none."""
+    import json
+    import shutil
+
+    from studio.services import build_services
+    from tests.conftest import make_settings
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir / "Stable-diffusion" / "tiny-sd", models / "Stable-diffusion" / "tiny-sd")
+    (models / "Stable-diffusion" / "tiny-sd" / "generation_defaults.json").write_text(
+        json.dumps({"cfg_scale": 4.5, "cfg_rescale": 0.7, "unknown": 1}))
+    services = build_services(make_settings(tmp_path, models))
+    try:
+        assert services.models.recommended(TINY_MODEL_ID) == {"cfg_scale": 4.5, "cfg_rescale": 0.7}
+        checked = services.generation.validate(request())
+        assert (checked.cfg_scale, checked.cfg_rescale) == (4.5, 0.7)
+        plain = services.generation.generate(request(cfg_rescale=0.0))
+        rescaled = services.generation.generate(request())
+        info = parse_infotext(read_png_parameters(rescaled.images[0].path))
+        assert info["CFG scale"] == "4.5" and info["CFG rescale"] == "0.7"
+        assert not np.array_equal(np.asarray(Image.open(plain.images[0].path)),
+                                  np.asarray(Image.open(rescaled.images[0].path)))
+        img2img = services.generation.generate(request(mode="img2img", init_image=Image.new("RGB", (64, 64))))
+        assert "CFG rescale" not in parse_infotext(read_png_parameters(img2img.images[0].path))
+        with pytest.raises(ValidationError) as err:
+            services.generation.validate(request(cfg_rescale=1.5))
+        assert err.value.field == "cfg_rescale" and "between 0 and 1" in str(err.value)
+    finally:
+        services.training.shutdown()

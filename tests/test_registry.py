@@ -87,3 +87,16 @@ def test_hub_download_reports_progress_and_loads_from_the_fetched_folder(tmp_pat
                          offline=False, report=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (1000, 1000) and len(seen) == 4
     assert pipe.unet is not None
+
+
+def test_recommended_settings_fall_back_on_defaults(tmp_path):
+    from pipelines.registry import DEFAULT_GENERATION, ModelSource, recommended_settings
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    source = ModelSource("local:m", "diffusers", str(folder))
+    assert recommended_settings(source) == DEFAULT_GENERATION
+    (folder / "generation_defaults.json").write_text("{not json")
+    assert recommended_settings(source) == DEFAULT_GENERATION
+    (folder / "generation_defaults.json").write_text('{"cfg_scale": 5, "cfg_rescale": "high"}')
+    assert recommended_settings(source) == {"cfg_scale": 5.0, "cfg_rescale": 0.0}

@@ -64,6 +64,7 @@ class LoraTrainingConfig:
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
     subject_weight: float = 1.0  # loss weight where an image's alpha channel marks the subject (1 = even)
+    balance_subject_sizes: bool = False  # small subjects weigh as much in all as large ones (by inverse area)
     device: str = "cpu"
 
 
@@ -319,6 +320,13 @@ class LoraTrainer:
         return dist.mean * scale, dist.std * scale, cells
 
     def _cell_weights(self, cells):
+        """1 off the subject, `subject_weight` on it; with `balance_subject_sizes` each image's subject cells
+        are scaled by the batch's mean subject area over its own, so a small subject pulls as hard as a large."""
+        if self.config.balance_subject_sizes:
+            area = cells.sum(dim=(1, 2, 3), keepdim=True)
+            present = area > 0
+            if present.any():
+                cells = cells * area[present].mean() / area.clamp_min(1e-6) * present
         return 1 + (self.config.subject_weight - 1) * cells
 
     def _cache_latents(self, pipe, images: list) -> list | None:

@@ -19,20 +19,23 @@ from pathlib import Path
 from training.curves import save_loss_curve, save_series_plot
 
 
-def generate_pairs(pipe, prompts: list[tuple[str, int]], steps: int = 20, rewrite=lambda p: p) -> list:
+def generate_pairs(pipe, prompts: list[tuple[str, int]], steps: int = 20, rewrite=lambda p: p,
+                   cfg_scale: float = 7.5, cfg_rescale: float = 0.0) -> list:
     """(prompt, image) for each (prompt, seed), generated at 128x128 with `pipe` from `rewrite(prompt)`."""
     import torch
 
     return [(prompt, pipe(rewrite(prompt), num_inference_steps=steps, width=128, height=128,
+                          guidance_scale=cfg_scale, guidance_rescale=cfg_rescale,
                           generator=torch.Generator().manual_seed(seed)).images[0]) for prompt, seed in prompts]
 
 
-def score_pipeline(pipe, prompts: list[tuple[str, int]], steps: int = 20, rewrite=lambda p: p) -> dict[str, float]:
-    """Generate each (prompt, seed) with `pipe` (from `rewrite(prompt)`) and score the images against the
-    prompt with the evaluator."""
+def score_pipeline(pipe, prompts: list[tuple[str, int]], steps: int = 20, rewrite=lambda p: p,
+                   **guidance) -> dict[str, float]:
+    """Generate each (prompt, seed) with `pipe` (from `rewrite(prompt)`; `guidance`: cfg_scale, cfg_rescale)
+    and score the images against the prompt with the evaluator."""
     from training.evaluator import evaluate
 
-    return evaluate(generate_pairs(pipe, prompts, steps, rewrite))
+    return evaluate(generate_pairs(pipe, prompts, steps, rewrite, **guidance))
 
 
 def load_folder(model_dir: Path):

@@ -7,6 +7,7 @@ import threading
 
 import gradio as gr
 
+from pipelines.registry import DEFAULT_GENERATION
 from pipelines.samplers import DEFAULT_SAMPLER, sampler_names
 from studio.errors import ValidationError
 from studio.generation_service import MODES, GenerationRequest
@@ -50,6 +51,7 @@ def create_tab(services) -> dict:
     models = services.models
     choices = models.choices()
     default_model = models.default_model(services.settings.model)
+    recommended = models.recommended(default_model) if default_model else DEFAULT_GENERATION
 
     with gr.Tab("Generate", id="generate"):
         no_model = gr.Markdown(f"**{models.registry.no_model_message()}**", visible=not choices)
@@ -71,7 +73,9 @@ def create_tab(services) -> dict:
                 with gr.Row():
                     sampler = gr.Dropdown(sampler_names(), value=DEFAULT_SAMPLER, label="Sampler")
                     steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
-                    cfg = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
+                    cfg = gr.Slider(0, 30, value=recommended["cfg_scale"], step=0.5, label="CFG scale")
+                    cfg_rescale = gr.Slider(0, 1, value=recommended["cfg_rescale"], step=0.05, label="CFG rescale",
+                                            info="tames over-saturation at high CFG (txt2img)")
                 with gr.Row():
                     width = gr.Slider(64, 2048, value=128, step=8, label="Width")
                     height = gr.Slider(64, 2048, value=128, step=8, label="Height")
@@ -108,13 +112,15 @@ def create_tab(services) -> dict:
 
     @user_errors
     def on_model(model_id):
+        """A model's native size and its recommended CFG scale and rescale."""
         if not model_id:
-            return gr.update(), gr.update()
+            return [gr.update()] * 4
         source = models.resolve(model_id)
         size = NATIVE_SIZE["builtin" if source.kind == "builtin" else source.family]
-        return size, size
+        settings = models.recommended(model_id)
+        return size, size, settings["cfg_scale"], settings["cfg_rescale"]
 
-    model.change(on_model, model, [width, height], queue=False)
+    model.change(on_model, model, [width, height, cfg, cfg_rescale], queue=False)
 
     def on_refresh(current):
         ids = models.choices()
@@ -135,12 +141,13 @@ def create_tab(services) -> dict:
     @user_errors
     def on_png_info(path):
         if not path:
-            return [gr.update()] * 8
+            return [gr.update()] * 9
         text = read_png_parameters(path)
         if not text:
             raise ValidationError("png_info: this image carries no generation parameters", "png_info")
         fields = infotext_to_fields(parse_infotext(text))
-        names = ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "width", "height", "seed"]
+        names = ["prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "cfg_rescale", "width", "height",
+                 "seed"]
         updates = []
         for name in names:
             value = fields.get(name)
@@ -150,11 +157,11 @@ def create_tab(services) -> dict:
         gr.Info("Parameters read from the image.")
         return updates
 
-    png_info.upload(on_png_info, png_info, [prompt, negative, sampler, steps, cfg, width, height, seed])
+    png_info.upload(on_png_info, png_info, [prompt, negative, sampler, steps, cfg, cfg_rescale, width, height, seed])
 
     @user_errors
     def on_generate(model_id, mode_value, prompt_text, negative_text, sampler_name, steps_value, cfg_value,
-                    width_value, height_value, seed_value, count, size, init_path, editor_value, strength_value,
+                    rescale_value, width_value, height_value, seed_value, count, size, init_path, editor_value, strength_value,
                     request: gr.Request, progress=gr.Progress()):
         init, mask = None, None
         if mode_value == "img2img":
@@ -166,7 +173,8 @@ def create_tab(services) -> dict:
                                       "init_image")
         req = GenerationRequest(
             prompt=prompt_text, negative_prompt=negative_text, model=model_id or "", mode=mode_value,
-            sampler=sampler_name, steps=steps_value, cfg_scale=cfg_value, width=width_value, height=height_value,
+            sampler=sampler_name, steps=steps_value, cfg_scale=cfg_value,
+            cfg_rescale=rescale_value, width=width_value, height=height_value,
             seed=-1 if seed_value is None else seed_value, batch_count=count, batch_size=size,
             init_image=init, mask_image=mask, strength=strength_value,
         )
@@ -210,8 +218,8 @@ def create_tab(services) -> dict:
 
     generate.click(
         on_generate,
-        [model, mode, prompt, negative, sampler, steps, cfg, width, height, seed, batch_count, batch_size,
-         init_image, editor, strength],
+        [model, mode, prompt, negative, sampler, steps, cfg, cfg_rescale, width, height, seed, batch_count,
+         batch_size, init_image, editor, strength],
         [preview, gallery, info, status], concurrency_id=GPU_QUEUE, concurrency_limit=1, api_name="generate",
     )
 
