@@ -222,7 +222,6 @@ class LoraProofRecipe:
     embedding_learning_rate: float = 5e-3
     embedding_init: str = "triangle"  # word(s) the trigger embedding starts from ("": "star" itself)
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
-    balance_subject_sizes: bool = False  # small objects' pixels weigh more (each object pulls as hard in all)
     mixed_precision: str = "no"
     out: str = ""  # a folder that keeps the LoRA file and before/after contact sheets of the star prompts
 
@@ -322,7 +321,6 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              embedding_learning_rate=recipe.embedding_learning_rate,
                              embedding_init=recipe.embedding_init,
                              subject_weight=recipe.subject_weight,
-                             balance_subject_sizes=recipe.balance_subject_sizes,
                              mixed_precision=recipe.mixed_precision)
     if not cfg.max_steps:
         cfg.max_steps = _steps_that_fit(cfg, samples, prior, tmp / "lora-calibration", recipe.minutes)
@@ -386,9 +384,6 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA proof: word(s) the trigger embedding starts from ('': 'star' itself)")
     p.add_argument("--lora-subject-weight", type=float, default=defaults.subject_weight,
                    help="LoRA proof: loss weight on the objects' pixels (1 = even)")
-    p.add_argument("--lora-balance-sizes", action=argparse.BooleanOptionalAction,
-                   default=defaults.balance_subject_sizes,
-                   help="LoRA proof: weigh each object's pixels by the inverse of its area (small stars pull harder)")
     p.add_argument("--lora-precision", choices=("no", "bf16"), default=defaults.mixed_precision,
                    help="LoRA proof: mixed precision")
     p.add_argument("--lora-out", default="", help="LoRA proof: keep the LoRA and before/after contact sheets here")
@@ -412,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
                 embedding_init=args.lora_embedding_init,
                 train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,
-                balance_subject_sizes=args.lora_balance_sizes, mixed_precision=args.lora_precision, out=args.lora_out))),
+                mixed_precision=args.lora_precision, out=args.lora_out))),
         ]
         for name, run in sections:
             if name not in skip:

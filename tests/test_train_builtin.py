@@ -89,3 +89,16 @@ def test_position_pairs_differ_only_in_the_position(tmp_path):
         assert len(first) == len(second) and len(changed) == 1 and set(changed[0]) <= positions
         assert torch.equal(noise[k], noise[k + 1]) and t[k] == t[k + 1]
         assert not torch.equal(lat[k], lat[k + 1]) and not torch.equal(masks[k], masks[k + 1])
+
+
+def test_high_noise_share_moves_that_share_of_timesteps_to_the_noisiest_40_percent():
+    import torch
+
+    from training.noise_levels import sample_timesteps
+
+    torch.manual_seed(0)
+    uniform = sample_timesteps(20_000, 1000)
+    biased = sample_timesteps(20_000, 1000, high_noise_share=0.3)
+    assert uniform.min() >= 0 and biased.max() < 1000
+    assert abs((uniform >= 600).float().mean().item() - 0.4) < 0.02
+    assert abs((biased >= 600).float().mean().item() - (0.3 + 0.7 * 0.4)) < 0.02

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from training.noise_levels import sample_timesteps
+
 LR_SCHEDULERS = ("constant", "cosine", "linear")
 PRECISIONS = ("no", "bf16", "fp16")
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -64,7 +66,6 @@ class LoraTrainingConfig:
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
     subject_weight: float = 1.0  # loss weight where an image's alpha channel marks the subject (1 = even)
-    balance_subject_sizes: bool = False  # small subjects weigh as much in all as large ones (by inverse area)
     device: str = "cpu"
 
 
@@ -320,13 +321,6 @@ class LoraTrainer:
         return dist.mean * scale, dist.std * scale, cells
 
     def _cell_weights(self, cells):
-        """1 off the subject, `subject_weight` on it; with `balance_subject_sizes` each image's subject cells
-        are scaled by the batch's mean subject area over its own, so a small subject pulls as hard as a large."""
-        if self.config.balance_subject_sizes:
-            area = cells.sum(dim=(1, 2, 3), keepdim=True)
-            present = area > 0
-            if present.any():
-                cells = cells * area[present].mean() / area.clamp_min(1e-6) * present
         return 1 + (self.config.subject_weight - 1) * cells
 
     def _cache_latents(self, pipe, images: list) -> list | None:
@@ -527,8 +521,8 @@ class LoraTrainer:
                 pipe.unet.train()
                 latents, weights, captions = self._batch(pipe, self._rng, images)
                 noise = torch.randn_like(latents)
-                t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  device=latents.device)
+                t = sample_timesteps(latents.shape[0], self.noise_scheduler.config.num_train_timesteps,
+                                     device=latents.device)
                 noisy = self.noise_scheduler.add_noise(latents, noise, t)
                 if self.noise_scheduler.config.prediction_type == "v_prediction":
                     target = self.noise_scheduler.get_velocity(latents, noise, t)

@@ -108,6 +108,18 @@ def pieces_since(state: dict, option: str) -> str:
     return ""
 
 
+def recommended_note(out: Path) -> str:
+    """The card's paragraph on the folder's generation_defaults.json (the settings the studio generates with)."""
+    path = out / "generation_defaults.json"
+    if not path.exists():
+        return ""
+    settings = json.loads(path.read_text())
+    return (f"\n## Recommended settings\n`generation_defaults.json`: CFG scale {settings['cfg_scale']:g}, CFG rescale "
+            f"{settings['cfg_rescale']:g} (diffusers' `guidance_rescale`); the studio generates with them unless "
+            "told otherwise. The scores above were measured at diffusers' default CFG 7.5 without rescale; "
+            "`./launch.sh bench` prints them at these settings.\n")
+
+
 def write_card(work: Path, out: Path, curve: dict, final_scores: dict | None) -> None:
     state = json.loads((work / "state.json").read_text())
     minutes_vae = state["vae_seconds"] / 60
@@ -149,6 +161,7 @@ def write_card(work: Path, out: Path, curve: dict, final_scores: dict | None) ->
     vae_origin = (f" Taken with `--vae-from` from the previously shipped model (its {minutes_vae:.1f} minutes "
                   f"count in the total), which trained it with `{state['vae_from']}`."
                   if state.get("vae_imported") else "")
+    recommended = recommended_note(out)
     card = f"""# Built-in model: shapes world
 
 A tiny Stable-Diffusion-architecture model (CLIP-style BPE tokenizer made from the world's vocabulary,
@@ -185,6 +198,7 @@ Native size 128x128.
 
 ## Final scores (240 held-out prompts, 20 steps; 40% in phrasings the training captions never use)
 {final or '(see `./launch.sh bench`)'}
+{recommended}
 
 Written {time.strftime('%Y-%m-%d %H:%M')}.
 """

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from training import builtin_model as bm
+from training.noise_levels import sample_timesteps
 from training.world import (COLOURS, PATTERNS, SHAPES, caption_count, caption_single, caption_two, moved, render,
                            sample_scene, sprinkle_words)
 
@@ -342,11 +343,8 @@ class Trainer:
             noise[k + 1], t[k + 1] = noise[k], t[k]
 
     def sample_timesteps(self, n: int, total: int) -> torch.Tensor:
-        """Uniform timesteps, except that a `--high-noise-share` of them come from the noisiest 40%, where the
-        layout (position, two objects, counts) is decided."""
-        t = torch.randint(0, total, (n,))
-        high = torch.rand(n) < self.args.high_noise_share
-        return torch.where(high, torch.randint(int(total * 0.6), total, (n,)), t)
+        """Uniform timesteps, a `--high-noise-share` of them from the noisiest 40% (training.noise_levels)."""
+        return sample_timesteps(n, total, self.args.high_noise_share)
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up, constant, then a linear decay to 10% over the last `--decay-minutes` of the budget."""
