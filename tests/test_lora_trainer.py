@@ -344,3 +344,18 @@ def test_convolutions_only_leaves_the_attention_layers_alone(tiny_base, star_sam
         keys = list(fh.keys())
     assert any(".conv1.lora_A" in k for k in keys) and not any(".to_q." in k or ".to_k." in k for k in keys)
     assert lora_changes_output(tiny_base, done.path)
+
+
+def test_text_encoder_trains_at_its_own_learning_rate_and_ships_in_the_lora(tiny_base, star_samples, tmp_path):
+    from safetensors import safe_open
+
+    trainer = LoraTrainer(config(tiny_base, train_text_encoder=True, text_encoder_learning_rate=1e-4, max_steps=3,
+                                 checkpoint_every=0), star_samples, tmp_path / "te")
+    pipe = trainer._load()
+    unet_group, text_group = trainer._param_groups(pipe)
+    assert (unet_group["base_lr"], text_group["base_lr"]) == (5e-3, 1e-4) and text_group["params"]
+    done = trainer.run()
+    assert done.kind == "done"
+    with safe_open(done.path, framework="pt") as fh:
+        assert any(k.startswith("text_encoder.") for k in fh.keys())
+    assert lora_changes_output(tiny_base, done.path)

@@ -61,6 +61,7 @@ def test_dataset_skips_corrupt_images_and_reads_captions(services, star_folder):
     ({"train_embedding": True}, "trigger_word"), ({"train_embedding": True, "trigger_word": "two words"}, "trigger_word"),
     ({"train_embedding": True, "trigger_word": "star", "embedding_learning_rate": 9.0}, "embedding_learning_rate"),
     ({"subject_weight": 0.5}, "subject_weight"),
+    ({"train_text_encoder": True, "text_encoder_learning_rate": 0.5}, "text_encoder_learning_rate"),
     ({"train_embedding": True, "trigger_word": "star", "embedding_init": "x" * 201}, "embedding_init"),
     ({"train_attention": False, "train_conv": False}, "lora_layers"),
 ])

@@ -50,6 +50,7 @@ class LoraTrainingConfig:
     random_crop: bool = False
     color_jitter: float = 0.0
     train_text_encoder: bool = False
+    text_encoder_learning_rate: float = 0.0  # 0: the UNet LoRA's learning rate (kohya users often go 5-10x lower)
     train_conv: bool = False  # LoCon: LoRA on the UNet's convolutions and feed-forward layers as well
     train_attention: bool = True  # LoRA on the attention projections (off with train_conv: convolutions only)
     seed: int = 0
@@ -246,12 +247,14 @@ class LoraTrainer:
         return pipe
 
     def _param_groups(self, pipe) -> list[dict]:
-        """LoRA weights at the learning rate; the trigger embedding (if trained) at its own, without decay."""
-        params = [p for p in pipe.unet.parameters() if p.requires_grad]
+        """UNet LoRA weights at the learning rate, text-encoder LoRA weights at theirs (0: the same), the trigger
+        embedding (if trained) at its own, without decay."""
+        cfg = self.config
+        groups = [{"params": [p for p in pipe.unet.parameters() if p.requires_grad], "base_lr": cfg.learning_rate}]
         embedding = self.embedding.weight if self.embedding else None
-        if self.config.train_text_encoder:
-            params += [p for p in pipe.text_encoder.parameters() if p.requires_grad and p is not embedding]
-        groups = [{"params": params, "base_lr": self.config.learning_rate}]
+        if cfg.train_text_encoder:
+            text = [p for p in pipe.text_encoder.parameters() if p.requires_grad and p is not embedding]
+            groups.append({"params": text, "base_lr": cfg.text_encoder_learning_rate or cfg.learning_rate})
         if self.embedding:
             groups.append({"params": [self.embedding.weight], "base_lr": self.config.embedding_learning_rate,
                            "weight_decay": 0.0})
@@ -419,7 +422,11 @@ class LoraTrainer:
         if self.embedding:
             self.embedding.load(load_embedding(ck / "lora.safetensors")[1])
         extra = torch.load(ck / "optim.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(extra["optimizer"])
+        try:
+            optimizer.load_state_dict(extra["optimizer"])
+        except ValueError:  # a checkpoint from before the text encoder had its own parameter group
+            self.on_event(TrainingEvent("log", 0, self.config.max_steps,
+                                        message="optimizer state does not match this version: moments start afresh"))
         torch.set_rng_state(extra["torch_rng"])
         state = json.loads((ck / "state.json").read_text())
         self.loss_history = [tuple(x) for x in state["loss_history"]]
