@@ -111,8 +111,7 @@ class GenerationService:
         for name, value in (("width", width), ("height", height)):
             if value % 8:
                 raise ValidationError(f"{name} must be a multiple of 8 between 64 and 2048; got {value}", name)
-        self.models.resolve(req.model)
-        recommended = self.models.recommended(req.model)
+        recommended = self.models.recommended(req.model)  # resolves the model: unknown ones are refused here
         out = replace(
             req, prompt=prompt, negative_prompt=negative, width=width, height=height,
             steps=check_range("steps", req.steps, 1, 150, int),
