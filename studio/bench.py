@@ -215,6 +215,7 @@ class LoraProofRecipe:
     max_steps: int = 0  # 0: as many as fit the minutes on this machine (measured by a short calibration run)
     regularization_share: float = 0.5
     train_text_encoder: bool = False
+    text_encoder_learning_rate: float = 0.0  # 0: the UNet LoRA's rate
     caption_dropout: float = 0.0
     train_conv: bool = True  # LoCon: convolutions and feed-forward layers too
     train_attention: bool = False  # the attention projections (off: convolutions only, which keeps the others)
@@ -314,6 +315,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              learning_rate=recipe.learning_rate, lr_scheduler="cosine", warmup_steps=20,
                              max_steps=recipe.max_steps, batch_size=8, resolution=128, checkpoint_every=0,
                              validation_every=0, train_text_encoder=recipe.train_text_encoder, seed=0,
+                             text_encoder_learning_rate=recipe.text_encoder_learning_rate,
                              regularization_share=recipe.regularization_share,
                              caption_dropout=recipe.caption_dropout, trigger_word="star",
                              train_embedding=recipe.train_embedding, train_conv=recipe.train_conv,
@@ -370,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora-reg-share", type=float, default=defaults.regularization_share,
                    help="LoRA proof: share of each batch from regularization images")
     p.add_argument("--lora-text-encoder", action="store_true", help="LoRA proof: train the text encoder too")
+    p.add_argument("--lora-text-encoder-lr", type=float, default=defaults.text_encoder_learning_rate,
+                   help="LoRA proof: the text encoder's learning rate (0: the UNet's)")
     p.add_argument("--lora-caption-dropout", type=float, default=defaults.caption_dropout,
                    help="LoRA proof: share of captions replaced by an empty one")
     p.add_argument("--lora-attention", action=argparse.BooleanOptionalAction, default=defaults.train_attention,
@@ -403,7 +407,8 @@ def main(argv: list[str] | None = None) -> None:
             ("lora", lambda: bench_lora(tmp / "l", LoraProofRecipe(
                 minutes=1.0 if args.quick else args.lora_minutes, rank=args.lora_rank, learning_rate=args.lora_lr,
                 max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
-                train_text_encoder=args.lora_text_encoder, caption_dropout=args.lora_caption_dropout,
+                train_text_encoder=args.lora_text_encoder,
+                text_encoder_learning_rate=args.lora_text_encoder_lr, caption_dropout=args.lora_caption_dropout,
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
                 embedding_init=args.lora_embedding_init,
                 train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,
