@@ -217,6 +217,7 @@ class LoraProofRecipe:
     train_text_encoder: bool = False
     text_encoder_learning_rate: float = 0.0  # 0: the UNet LoRA's rate
     caption_dropout: float = 0.0
+    flip: bool = False  # mirrored views too ("left"/"right" swapped in their captions)
     train_conv: bool = True  # LoCon: convolutions and feed-forward layers too
     train_attention: bool = False  # the attention projections (off: convolutions only, which keeps the others)
     train_embedding: bool = True  # pivotal tuning of the trigger word "star"
@@ -317,7 +318,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              validation_every=0, train_text_encoder=recipe.train_text_encoder, seed=0,
                              text_encoder_learning_rate=recipe.text_encoder_learning_rate,
                              regularization_share=recipe.regularization_share,
-                             caption_dropout=recipe.caption_dropout, trigger_word="star",
+                             caption_dropout=recipe.caption_dropout, trigger_word="star", flip=recipe.flip,
                              train_embedding=recipe.train_embedding, train_conv=recipe.train_conv,
                              train_attention=recipe.train_attention,
                              embedding_learning_rate=recipe.embedding_learning_rate,
@@ -376,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA proof: the text encoder's learning rate (0: the UNet's)")
     p.add_argument("--lora-caption-dropout", type=float, default=defaults.caption_dropout,
                    help="LoRA proof: share of captions replaced by an empty one")
+    p.add_argument("--lora-flip", action=argparse.BooleanOptionalAction, default=defaults.flip,
+                   help="LoRA proof: random horizontal flips (captions' left/right swapped)")
     p.add_argument("--lora-attention", action=argparse.BooleanOptionalAction, default=defaults.train_attention,
                    help="LoRA proof: LoRA on the attention projections (--no-lora-attention: convolutions only)")
     p.add_argument("--lora-conv", action=argparse.BooleanOptionalAction, default=defaults.train_conv,
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
                 minutes=1.0 if args.quick else args.lora_minutes, rank=args.lora_rank, learning_rate=args.lora_lr,
                 max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
                 train_text_encoder=args.lora_text_encoder,
-                text_encoder_learning_rate=args.lora_text_encoder_lr, caption_dropout=args.lora_caption_dropout,
+                text_encoder_learning_rate=args.lora_text_encoder_lr, flip=args.lora_flip, caption_dropout=args.lora_caption_dropout,
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
                 embedding_init=args.lora_embedding_init,
                 train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -359,3 +360,37 @@ def test_text_encoder_trains_at_its_own_learning_rate_and_ships_in_the_lora(tiny
     with safe_open(done.path, framework="pt") as fh:
         assert any(k.startswith("text_encoder.") for k in fh.keys())
     assert lora_changes_output(tiny_base, done.path)
+
+
+def test_mirror_caption_swaps_the_sides_only():
+    from training.captions import mirror_caption
+
+    assert mirror_caption("a red star at the left, Right side, LEFT-hand") == "a red star at the right, Left side, RIGHT-hand"
+    assert mirror_caption("a bright star leftover, rightly") == "a bright star leftover, rightly"
+    assert mirror_caption(mirror_caption("star on the left")) == "star on the left"
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_flipped_images_get_mirrored_captions(tiny_base, tmp_path, cached):
+    """A flip augmentation mirrors "left" into "right" in the caption of exactly the mirrored images."""
+    from PIL import Image, ImageOps
+
+    left = Image.new("RGB", (64, 64), "black")
+    left.paste((255, 0, 0), (4, 24, 20, 40))  # a red block at the left
+    left.save(tmp_path / "left.png")
+    samples = [TrainingSample(str(tmp_path / "left.png"), "a red square at the left")] * 2
+    trainer = LoraTrainer(config(tiny_base, flip=True, random_crop=not cached), samples, tmp_path / "r")
+    pipe = trainer._load()
+    images = [(left, None, (64, 64))] * 2
+    if cached:
+        trainer.latent_cache = trainer._cache_latents(pipe, images)
+    plain, mirrored = (trainer._encode(pipe, [img], [None])[0][0] for img in (left, ImageOps.mirror(left)))
+    seen = set()
+    for seed in range(8):
+        latents, _, captions = trainer._batch(pipe, random.Random(seed), images)
+        for latent, caption in zip(latents, captions):
+            # the red block's side of the latent tells which view it is
+            is_mirrored = (latent - mirrored).abs().mean() < (latent - plain).abs().mean()
+            assert caption == ("a red square at the right" if is_mirrored else "a red square at the left")
+            seen.add(caption)
+    assert len(seen) == 2, "both views occur"

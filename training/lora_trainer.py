@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from training.captions import mirror_caption
 from training.noise_levels import sample_timesteps
 
 LR_SCHEDULERS = ("constant", "cosine", "linear")
@@ -261,7 +262,8 @@ class LoraTrainer:
         return groups
 
     def _augment(self, image, mask, rng: random.Random):
-        """Crop, resize and flip the image and its subject mask (None: none) alike; colour jitter the image."""
+        """Crop, resize and flip the image and its subject mask (None: none) alike; colour jitter the image.
+        Returns (image, mask, mirrored)."""
         from PIL import ImageEnhance, ImageOps
 
         cfg = self.config
@@ -273,12 +275,13 @@ class LoraTrainer:
             x, y = rng.randint(0, image.width - cw), rng.randint(0, image.height - ch)
             layers = [layer.crop((x, y, x + cw, y + ch)) for layer in layers]
         layers = [layer.resize((w, h)) for layer in layers]
-        if cfg.flip and rng.random() < 0.5:
+        mirrored = cfg.flip and rng.random() < 0.5
+        if mirrored:
             layers = [ImageOps.mirror(layer) for layer in layers]
         if cfg.color_jitter > 0:
             for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
                 layers[0] = enhancer(layers[0]).enhance(1 + rng.uniform(-cfg.color_jitter, cfg.color_jitter))
-        return layers[0], (layers[1] if mask is not None else None)
+        return layers[0], (layers[1] if mask is not None else None), mirrored
 
     def _pick(self, rng: random.Random, images: list) -> list[int]:
         """Indices into `images` (dataset first, then regularization) for one batch from one aspect bucket;
@@ -299,14 +302,15 @@ class LoraTrainer:
 
         idx = self._pick(rng, images)
         if self.latent_cache is not None:
-            picks = [self.latent_cache[i][int(self.config.flip and rng.random() < 0.5)] for i in idx]
+            mirrored = [bool(self.config.flip and rng.random() < 0.5) for _ in idx]
+            picks = [self.latent_cache[i][int(m)] for i, m in zip(idx, mirrored)]
             mean, std, cells = (torch.stack(parts) for parts in zip(*picks))
             latents = (mean + std * torch.randn_like(mean)).to(pipe.device)
-            return latents, self._cell_weights(cells).to(pipe.device), self._captions(idx, rng)
-        pairs = [self._augment(images[i][0], images[i][1], rng) for i in idx]
-        mean, std, cells = self._encode(pipe, [img for img, _ in pairs], [mask for _, mask in pairs])
+            return latents, self._cell_weights(cells).to(pipe.device), self._captions(idx, rng, mirrored)
+        views = [self._augment(images[i][0], images[i][1], rng) for i in idx]
+        mean, std, cells = self._encode(pipe, [img for img, _, _ in views], [mask for _, mask, _ in views])
         latents = mean + std * torch.randn_like(mean)
-        return latents, self._cell_weights(cells), self._captions(idx, rng)
+        return latents, self._cell_weights(cells), self._captions(idx, rng, [m for _, _, m in views])
 
     def _encode(self, pipe, pixels: list, masks: list):
         """VAE latent mean and std of same-size images, and each subject mask's share per latent cell."""
@@ -356,9 +360,11 @@ class LoraTrainer:
                     cache[i] = [tuple(t[j].cpu() for t in encoded) for encoded in views]
         return cache
 
-    def _captions(self, idx: list[int], rng: random.Random) -> list[str]:
-        """Captions of the picked images; each replaced by "" with probability `caption_dropout`."""
-        captions = [self.all_samples[i].caption for i in idx]
+    def _captions(self, idx: list[int], rng: random.Random, mirrored: list[bool]) -> list[str]:
+        """Captions of the picked images ("left"/"right" swapped where the image was mirrored); each replaced by
+        "" with probability `caption_dropout`."""
+        captions = [mirror_caption(self.all_samples[i].caption) if m else self.all_samples[i].caption
+                    for i, m in zip(idx, mirrored)]
         if self.config.caption_dropout > 0:
             captions = ["" if rng.random() < self.config.caption_dropout else c for c in captions]
         return [self.embedding.rewrite(c) for c in captions] if self.embedding else captions

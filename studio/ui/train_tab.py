@@ -99,7 +99,7 @@ def create_tab(services):
                         resolution = gr.Slider(64, 1024, value=128, step=64, label="Resolution (aspect buckets)")
                         seed = gr.Number(0, label="Seed", precision=0)
                     with gr.Row():
-                        flip = gr.Checkbox(False, label="Random flip")
+                        flip = gr.Checkbox(False, label="Random flip", info="mirrored captions swap left/right")
                         crop = gr.Checkbox(False, label="Random crop")
                         train_te = gr.Checkbox(False, label="Train text encoder")
                         te_lr = gr.Number(0.0, label="Text encoder LR", minimum=0, maximum=0.1,
