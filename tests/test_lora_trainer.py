@@ -347,13 +347,17 @@ def test_convolutions_only_leaves_the_attention_layers_alone(tiny_base, star_sam
     assert lora_changes_output(tiny_base, done.path)
 
 
-def test_text_encoder_trains_at_its_own_learning_rate_and_ships_in_the_lora(tiny_base, star_samples, tmp_path):
+@pytest.mark.parametrize("embedding", [False, True])
+def test_text_encoder_trains_at_its_own_learning_rate_and_ships_in_the_lora(tiny_base, star_samples, tmp_path,
+                                                                           embedding):
+    """With a trigger embedding too, the resized token table stays out of the LoRA file (diffusers would refuse it)."""
     from safetensors import safe_open
 
     trainer = LoraTrainer(config(tiny_base, train_text_encoder=True, text_encoder_learning_rate=1e-4, max_steps=3,
-                                 checkpoint_every=0), star_samples, tmp_path / "te")
+                                 checkpoint_every=2, trigger_word="star", train_embedding=embedding),
+                          star_samples, tmp_path / "te")
     pipe = trainer._load()
-    unet_group, text_group = trainer._param_groups(pipe)
+    unet_group, text_group = trainer._param_groups(pipe)[:2]
     assert (unet_group["base_lr"], text_group["base_lr"]) == (5e-3, 1e-4) and text_group["params"]
     done = trainer.run()
     assert done.kind == "done"

@@ -105,6 +105,14 @@ def unet_targets(train_conv: bool, train_attention: bool = True) -> list[str]:
     return (UNET_TARGETS if train_attention else []) + (UNET_CONV_TARGETS if train_conv else [])
 
 
+def lora_state(model) -> dict:
+    """The model's LoRA tensors only: a resized token table (a trained trigger embedding) travels in its own
+    file, and a LoRA file holding it would be refused by diffusers' `load_lora_weights`."""
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model, save_embedding_layers=False)
+
+
 def weighted_mse(pred, target, weights):
     """Mean squared error with per-cell weights (broadcast over channels)."""
     return (weights * (pred - target) ** 2).mean()
@@ -360,11 +368,11 @@ class LoraTrainer:
                     cache[i] = [tuple(t[j].cpu() for t in encoded) for encoded in views]
         return cache
 
-    def _captions(self, idx: list[int], rng: random.Random, mirrored: list[bool]) -> list[str]:
+    def _captions(self, idx: list[int], rng: random.Random, mirrored: list[bool] | None = None) -> list[str]:
         """Captions of the picked images ("left"/"right" swapped where the image was mirrored); each replaced by
         "" with probability `caption_dropout`."""
         captions = [mirror_caption(self.all_samples[i].caption) if m else self.all_samples[i].caption
-                    for i, m in zip(idx, mirrored)]
+                    for i, m in zip(idx, mirrored or [False] * len(idx))]
         if self.config.caption_dropout > 0:
             captions = ["" if rng.random() < self.config.caption_dropout else c for c in captions]
         return [self.embedding.rewrite(c) for c in captions] if self.embedding else captions
@@ -386,16 +394,14 @@ class LoraTrainer:
 
     def _write_checkpoint(self, pipe, optimizer, step: int, root: Path, tmp: Path) -> Path:
         import torch
-        from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
         final = root / f"step-{step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(pipe.unet).items()},
-                  str(tmp / "unet_peft.safetensors"))
+        save_file({k: v.contiguous() for k, v in lora_state(pipe.unet).items()}, str(tmp / "unet_peft.safetensors"))
         if self.config.train_text_encoder:
-            save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(pipe.text_encoder).items()},
+            save_file({k: v.contiguous() for k, v in lora_state(pipe.text_encoder).items()},
                       str(tmp / "text_encoder_peft.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
         self.export_lora(pipe, tmp / "lora.safetensors", step)
@@ -442,7 +448,6 @@ class LoraTrainer:
     def export_lora(self, pipe, path: Path, step: int) -> Path:
         """Write a diffusers-loadable LoRA .safetensors with training metadata inside."""
         from diffusers import StableDiffusionPipeline
-        from peft.utils import get_peft_model_state_dict
         from safetensors.torch import load_file, save_file
 
         from pipelines.embeddings import save_embedding, sidecar_path
@@ -452,9 +457,9 @@ class LoraTrainer:
         shutil.rmtree(folder, ignore_errors=True)
         # peft's own key names (lora_A / lora_B) for every layer: diffusers' conversion renames only the attention
         # layers (lora.down / lora.up), and a file mixing both names loads without its attention layers
-        te_layers = get_peft_model_state_dict(pipe.text_encoder) if cfg.train_text_encoder else None
+        te_layers = lora_state(pipe.text_encoder) if cfg.train_text_encoder else None
         StableDiffusionPipeline.save_lora_weights(
-            folder, unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+            folder, unet_lora_layers=lora_state(pipe.unet),
             text_encoder_lora_layers=te_layers, safe_serialization=True)
         tensors = load_file(str(folder / "pytorch_lora_weights.safetensors"))
         if self.embedding:
