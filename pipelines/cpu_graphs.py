@@ -63,6 +63,9 @@ class FrozenUNetForward:
 
     def __init__(self, unet, max_graphs: int = MAX_GRAPHS):
         self._unet = unet
+        # the same Parameter objects live on through .to() and in-place edits (fuse_lora); adapters that add
+        # modules are seen through peft_config and run eager
+        self._parameters = list(unet.parameters())
         self._max_graphs = max_graphs
         self._graphs: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
@@ -91,7 +94,7 @@ class FrozenUNetForward:
             return None
         if not all(isinstance(t, torch.Tensor) for t in (sample, timestep, context)):
             return None
-        weights = tuple((p.data_ptr(), p._version) for p in unet.parameters())
+        weights = tuple((p.data_ptr(), p._version) for p in self._parameters)
         return tuple((tuple(t.shape), t.dtype, t.device) for t in (sample, timestep, context)) + (hash(weights),)
 
     def _graph(self, key, sample, timestep, context):

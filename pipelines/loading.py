@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from pipelines.cpu_graphs import speed_up_on_cpu
 from pipelines.devices import DeviceChoice
 from pipelines.registry import ModelSource
 
@@ -66,7 +67,9 @@ def load_pipeline(source: ModelSource, device: DeviceChoice, offline: bool = Fal
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device.device)
+    pipe = pipe.to(device.device)
+    speed_up_on_cpu(pipe, device.device)
+    return pipe
 
 
 def derive_pipeline(base, kind: str):

@@ -67,12 +67,12 @@ def bench_generation(tmp: Path, repeats: int) -> None:
         image = raw(prompt, num_inference_steps=20, width=128, height=128,
                     generator=torch.Generator().manual_seed(11), **guidance).images[0]
         raw_t.append(time.perf_counter() - t0)
-    same = np.array_equal(np.asarray(Image.open(result.images[0].path)), np.asarray(image))
+    diff = np.abs(np.asarray(Image.open(result.images[0].path), dtype=int) - np.asarray(image, dtype=int)).max()
     s, r = statistics.median(studio_t), statistics.median(raw_t)
     _line("studio txt2img (incl. PNG save + gallery)", f"{s:.3f} s")
     _line("raw diffusers call", f"{r:.3f} s")
     _line("wall-time ratio studio/raw (target <= 1.05)", f"{s / r:.3f}")
-    _line("pixel-identical", "yes" if same else "NO")
+    _line("largest pixel difference studio vs raw (0..255; frozen CPU graphs round differently)", f"{diff}")
 
 
 def bench_cache(tmp: Path) -> None:
