@@ -68,6 +68,7 @@ class FrozenUNetForward:
         self._parameters = list(unet.parameters())
         self._max_graphs = max_graphs
         self._graphs: OrderedDict = OrderedDict()
+        self.served = 0  # calls answered by a frozen graph
         self._lock = threading.Lock()
 
     def __call__(self, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
@@ -77,6 +78,7 @@ class FrozenUNetForward:
             return type(self._unet).forward(self._unet, sample, timestep, encoder_hidden_states, *args,
                                             return_dict=return_dict, **kwargs)
         out = graph(sample, timestep, encoder_hidden_states)
+        self.served += 1
         if not return_dict:
             return (out,)
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput

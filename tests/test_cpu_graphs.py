@@ -66,9 +66,13 @@ def test_lora_adapters_and_training_use_the_normal_forward(pipes):
     assert np.abs(with_lora - plain).max() > 1e-3, "the adapter changes the output"
     np.testing.assert_allclose(with_lora, _image(eager), atol=1e-4)
     assert _graphs(fast) == 1, "no graph is frozen while an adapter is loaded"
+    fast.unet.unload_lora()
+    served = fast.unet.forward.served
+    np.testing.assert_allclose(_image(fast), plain, atol=1e-4)
+    assert fast.unet.forward.served > served, "once the adapter is unloaded, the graph serves again"
 
     unet = fast.unet
-    unet.train()
+    unet.train().requires_grad_(True)
     sample, context = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
     loss = unet(sample, torch.tensor(10), context).sample.square().mean()
     loss.backward()
