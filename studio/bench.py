@@ -216,6 +216,7 @@ class LoraProofRecipe:
     regularization_share: float = 0.5
     train_text_encoder: bool = False
     text_encoder_learning_rate: float = 0.0  # 0: the UNet LoRA's rate
+    loraplus_lr_ratio: float = 1.0  # LoRA+: the up matrices' learning rate over the down ones'
     caption_dropout: float = 0.0
     flip: bool = False  # mirrored views too ("left"/"right" swapped in their captions)
     train_conv: bool = True  # LoCon: convolutions and feed-forward layers too
@@ -317,6 +318,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              max_steps=recipe.max_steps, batch_size=8, resolution=128, checkpoint_every=0,
                              validation_every=0, train_text_encoder=recipe.train_text_encoder, seed=0,
                              text_encoder_learning_rate=recipe.text_encoder_learning_rate,
+                             loraplus_lr_ratio=recipe.loraplus_lr_ratio,
                              regularization_share=recipe.regularization_share,
                              caption_dropout=recipe.caption_dropout, trigger_word="star", flip=recipe.flip,
                              train_embedding=recipe.train_embedding, train_conv=recipe.train_conv,
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA proof: the text encoder's learning rate (0: the UNet's)")
     p.add_argument("--lora-caption-dropout", type=float, default=defaults.caption_dropout,
                    help="LoRA proof: share of captions replaced by an empty one")
+    p.add_argument("--lora-plus-ratio", type=float, default=defaults.loraplus_lr_ratio,
+                   help="LoRA proof: LoRA+ (the up matrices' learning rate over the down ones'; 1 = plain LoRA)")
     p.add_argument("--lora-flip", action=argparse.BooleanOptionalAction, default=defaults.flip,
                    help="LoRA proof: random horizontal flips (captions' left/right swapped)")
     p.add_argument("--lora-attention", action=argparse.BooleanOptionalAction, default=defaults.train_attention,
@@ -411,7 +415,8 @@ def main(argv: list[str] | None = None) -> None:
                 minutes=1.0 if args.quick else args.lora_minutes, rank=args.lora_rank, learning_rate=args.lora_lr,
                 max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
                 train_text_encoder=args.lora_text_encoder,
-                text_encoder_learning_rate=args.lora_text_encoder_lr, flip=args.lora_flip, caption_dropout=args.lora_caption_dropout,
+                text_encoder_learning_rate=args.lora_text_encoder_lr, flip=args.lora_flip,
+                loraplus_lr_ratio=args.lora_plus_ratio, caption_dropout=args.lora_caption_dropout,
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
                 embedding_init=args.lora_embedding_init,
                 train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,

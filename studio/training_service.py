@@ -211,6 +211,7 @@ class TrainingService:
             learning_rate=check_range("learning_rate", cfg.learning_rate, 1e-7, 1e-1, float),
             text_encoder_learning_rate=check_range("text_encoder_learning_rate", cfg.text_encoder_learning_rate,
                                                    0, 1e-1, float),
+            loraplus_lr_ratio=check_range("loraplus_lr_ratio", cfg.loraplus_lr_ratio, 1, 64, float),
             embedding_learning_rate=check_range("embedding_learning_rate", cfg.embedding_learning_rate, 1e-6, 1.0,
                                                 float),
             trigger_word=cfg.trigger_word.strip(), embedding_init=cfg.embedding_init.strip(),

@@ -398,3 +398,17 @@ def test_flipped_images_get_mirrored_captions(tiny_base, tmp_path, cached):
             assert caption == ("a red square at the right" if is_mirrored else "a red square at the left")
             seen.add(caption)
     assert len(seen) == 2, "both views occur"
+
+
+def test_loraplus_puts_the_up_matrices_at_a_multiple_of_the_learning_rate(tiny_base, star_samples, tmp_path):
+    trainer = LoraTrainer(config(tiny_base, loraplus_lr_ratio=4, train_text_encoder=True, text_encoder_learning_rate=1e-4,
+                                 max_steps=3, checkpoint_every=0), star_samples, tmp_path / "plus")
+    pipe = trainer._load()
+    groups = trainer._param_groups(pipe)
+    assert [g["base_lr"] for g in groups] == [5e-3, 2e-2, 1e-4, 4e-4]
+    names = {id(p): n for model in (pipe.unet, pipe.text_encoder) for n, p in model.named_parameters()}
+    for group, part in zip(groups, ("lora_A", "lora_B", "lora_A", "lora_B")):
+        assert group["params"] and all(f".{part}." in names[id(p)] for p in group["params"])
+    trainable = sum(p.requires_grad for m in (pipe.unet, pipe.text_encoder) for p in m.parameters())
+    assert sum(len(g["params"]) for g in groups) == trainable
+    assert trainer.run().kind == "done"

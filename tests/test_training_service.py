@@ -62,6 +62,7 @@ def test_dataset_skips_corrupt_images_and_reads_captions(services, star_folder):
     ({"train_embedding": True, "trigger_word": "star", "embedding_learning_rate": 9.0}, "embedding_learning_rate"),
     ({"subject_weight": 0.5}, "subject_weight"),
     ({"train_text_encoder": True, "text_encoder_learning_rate": 0.5}, "text_encoder_learning_rate"),
+    ({"loraplus_lr_ratio": 0.5}, "loraplus_lr_ratio"), ({"loraplus_lr_ratio": 100}, "loraplus_lr_ratio"),
     ({"train_embedding": True, "trigger_word": "star", "embedding_init": "x" * 201}, "embedding_init"),
     ({"train_attention": False, "train_conv": False}, "lora_layers"),
 ])

@@ -52,6 +52,7 @@ class LoraTrainingConfig:
     color_jitter: float = 0.0
     train_text_encoder: bool = False
     text_encoder_learning_rate: float = 0.0  # 0: the UNet LoRA's learning rate (kohya users often go 5-10x lower)
+    loraplus_lr_ratio: float = 1.0  # LoRA+: the up (B) matrices learn this many times faster than the down (A)
     train_conv: bool = False  # LoCon: LoRA on the UNet's convolutions and feed-forward layers as well
     train_attention: bool = True  # LoRA on the attention projections (off with train_conv: convolutions only)
     seed: int = 0
@@ -111,6 +112,16 @@ def lora_state(model) -> dict:
     from peft.utils import get_peft_model_state_dict
 
     return get_peft_model_state_dict(model, save_embedding_layers=False)
+
+
+def loraplus_groups(model, lr: float, ratio: float = 1.0, skip=None) -> list[dict]:
+    """Optimizer groups of a model's trainable LoRA weights: one at `lr`, or with LoRA+ (ratio > 1, Hayou et al.
+    2024, kohya's `loraplus_lr_ratio`) the down matrices (lora_A) at `lr` and the up ones (lora_B) at lr * ratio."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p is not skip]
+    if ratio == 1:
+        return [{"params": [p for _, p in named], "base_lr": lr}]
+    return [{"params": [p for n, p in named if ".lora_B." not in n], "base_lr": lr},
+            {"params": [p for n, p in named if ".lora_B." in n], "base_lr": lr * ratio}]
 
 
 def weighted_mse(pred, target, weights):
@@ -256,14 +267,14 @@ class LoraTrainer:
         return pipe
 
     def _param_groups(self, pipe) -> list[dict]:
-        """UNet LoRA weights at the learning rate, text-encoder LoRA weights at theirs (0: the same), the trigger
-        embedding (if trained) at its own, without decay."""
+        """UNet LoRA weights at the learning rate, text-encoder LoRA weights at theirs (0: the same), each split
+        into down and up matrices with LoRA+; the trigger embedding (if trained) at its own, without decay."""
         cfg = self.config
-        groups = [{"params": [p for p in pipe.unet.parameters() if p.requires_grad], "base_lr": cfg.learning_rate}]
+        groups = loraplus_groups(pipe.unet, cfg.learning_rate, cfg.loraplus_lr_ratio)
         embedding = self.embedding.weight if self.embedding else None
         if cfg.train_text_encoder:
-            text = [p for p in pipe.text_encoder.parameters() if p.requires_grad and p is not embedding]
-            groups.append({"params": text, "base_lr": cfg.text_encoder_learning_rate or cfg.learning_rate})
+            groups += loraplus_groups(pipe.text_encoder, cfg.text_encoder_learning_rate or cfg.learning_rate,
+                                      cfg.loraplus_lr_ratio, skip=embedding)
         if self.embedding:
             groups.append({"params": [self.embedding.weight], "base_lr": self.config.embedding_learning_rate,
                            "weight_decay": 0.0})

@@ -104,6 +104,8 @@ def create_tab(services):
                         train_te = gr.Checkbox(False, label="Train text encoder")
                         te_lr = gr.Number(0.0, label="Text encoder LR", minimum=0, maximum=0.1,
                                           info="0 = the learning rate above; 5-10x lower is usual")
+                        loraplus = gr.Number(1.0, label="LoRA+ ratio", minimum=1, maximum=64,
+                                             info="up matrices learn this many times faster; 1 = plain LoRA")
                     with gr.Row():
                         layers = gr.Radio(list(LORA_LAYERS), value="attention", label="LoRA layers",
                                           info="LoCon or convolutions only: for shapes the base model cannot draw "
@@ -240,7 +242,7 @@ def create_tab(services):
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
                  reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
-                 layers_v="attention", subject_weight_v=1.0, emb_init_v="", te_lr_v=0.0):
+                 layers_v="attention", subject_weight_v=1.0, emb_init_v="", te_lr_v=0.0, loraplus_v=1.0):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -253,7 +255,7 @@ def create_tab(services):
             base_model="", name=(lora_name or "").strip(), rank=rank_v, alpha=alpha_v, learning_rate=lr_v,
             lr_scheduler=sched_v, max_steps=steps_v or 0, batch_size=batch_v, resolution=res_v, seed=seed_v or 0,
             flip=flip_v, random_crop=crop_v, color_jitter=jitter_v, train_text_encoder=te_v,
-            text_encoder_learning_rate=te_lr_v or 0.0,
+            text_encoder_learning_rate=te_lr_v or 0.0, loraplus_lr_ratio=1.0 if loraplus_v is None else loraplus_v,
             mixed_precision=prec_v, validation_prompts=[p.strip() for p in (prompts_v or "").splitlines()
                                                         if p.strip()],
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
@@ -268,7 +270,8 @@ def create_tab(services):
 
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
-                           reg_share, trigger, caption_dropout, train_emb, layers, subject_weight, emb_init, te_lr],
+                           reg_share, trigger, caption_dropout, train_emb, layers, subject_weight, emb_init, te_lr,
+                           loraplus],
                 current, api_name="train")
 
     def on_stop(run_id):
