@@ -100,3 +100,11 @@ def test_recommended_settings_fall_back_on_defaults(tmp_path):
     assert recommended_settings(source) == DEFAULT_GENERATION
     (folder / "generation_defaults.json").write_text('{"cfg_scale": 5, "cfg_rescale": "high"}')
     assert recommended_settings(source) == {"cfg_scale": 5.0, "cfg_rescale": 0.0}
+
+
+def test_model_card_names_the_recommended_settings(tmp_path):
+    from training.model_card import recommended_note
+
+    assert recommended_note(tmp_path) == ""
+    (tmp_path / "generation_defaults.json").write_text('{"cfg_scale": 5, "cfg_rescale": 0.7}')
+    assert "CFG scale 5, CFG rescale 0.7" in recommended_note(tmp_path)

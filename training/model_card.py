@@ -110,10 +110,11 @@ def pieces_since(state: dict, option: str) -> str:
 
 def recommended_note(out: Path) -> str:
     """The card's paragraph on the folder's generation_defaults.json (the settings the studio generates with)."""
-    path = out / "generation_defaults.json"
-    if not path.exists():
+    from pipelines.registry import RECOMMENDED_FILE, ModelSource, recommended_settings
+
+    if not (out / RECOMMENDED_FILE).exists():
         return ""
-    settings = json.loads(path.read_text())
+    settings = recommended_settings(ModelSource("card", "diffusers", str(out)))
     return (f"\n## Recommended settings\n`generation_defaults.json`: CFG scale {settings['cfg_scale']:g}, CFG rescale "
             f"{settings['cfg_rescale']:g} (diffusers' `guidance_rescale`); the studio generates with them unless "
             "told otherwise. The scores above were measured at diffusers' default CFG 7.5 without rescale; "
