@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 SMALL_UNET_PARAMS = 100_000_000  # above this, arithmetic dominates and a frozen copy would only cost memory
 MAX_GRAPHS = 4  # shapes kept per UNet (a size change or a batch change is a new shape)
+FREEZE_AFTER_CALLS = 20  # eager calls of a shape before it is frozen: one 20-step image, so the first image
+#                          after loading (or at a new size) never waits the few seconds freezing takes
 PASSIVE_KWARGS = {"timestep_cond", "cross_attention_kwargs", "added_cond_kwargs", "down_block_additional_residuals",
                   "mid_block_additional_residual", "down_intrablock_additional_residuals",
                   "encoder_attention_mask", "attention_mask", "class_labels"}
@@ -65,13 +67,15 @@ class _Traced:
 class FrozenUNetForward:
     """Installed as `unet.forward`: frozen graphs for plain calls, the class's own forward for the rest."""
 
-    def __init__(self, unet, max_graphs: int = MAX_GRAPHS):
+    def __init__(self, unet, max_graphs: int = MAX_GRAPHS, freeze_after: int = FREEZE_AFTER_CALLS):
         self._unet = unet
         # the same Parameter objects live on through .to() and in-place edits (fuse_lora); adapters that add
         # modules are seen through peft_config and run eager
         self._parameters = list(unet.parameters())
         self._max_graphs = max_graphs
         self._graphs: OrderedDict = OrderedDict()
+        self._freeze_after = freeze_after
+        self._seen: dict = {}  # eager calls per shape not frozen yet
         self.served = 0  # calls answered by a frozen graph
         self._lock = threading.Lock()
 
@@ -108,6 +112,12 @@ class FrozenUNetForward:
             if key in self._graphs:
                 self._graphs.move_to_end(key)
                 return self._graphs[key]
+            if len(self._seen) > 8 * self._max_graphs:
+                self._seen.clear()
+            self._seen[key] = self._seen.get(key, 0) + 1
+            if self._seen[key] <= self._freeze_after:
+                return None
+            del self._seen[key]
             graph = self._freeze(sample, timestep, context)
             self._graphs[key] = graph
             while len(self._graphs) > self._max_graphs:
@@ -130,8 +140,9 @@ class FrozenUNetForward:
             return None
 
 
-def speed_up_on_cpu(pipe, device: str) -> bool:
-    """Channels-last weights and frozen per-shape UNet graphs for a small pipeline on a CPU; True if applied."""
+def speed_up_on_cpu(pipe, device: str, freeze_after: int = FREEZE_AFTER_CALLS) -> bool:
+    """Channels-last weights and frozen per-shape UNet graphs for a small pipeline on a CPU; True if applied.
+    A shape is frozen once `freeze_after` calls have used it."""
     import torch
 
     unet = getattr(pipe, "unet", None)
@@ -140,5 +151,5 @@ def speed_up_on_cpu(pipe, device: str) -> bool:
     unet.to(memory_format=torch.channels_last)
     if getattr(pipe, "vae", None) is not None:
         pipe.vae.to(memory_format=torch.channels_last)
-    unet.forward = FrozenUNetForward(unet)
+    unet.forward = FrozenUNetForward(unet, freeze_after=freeze_after)
     return True

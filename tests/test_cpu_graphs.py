@@ -23,7 +23,7 @@ def pipes(tmp_path):
     eager, fast = tiny_sd_pipeline(tmp_path / "a"), tiny_sd_pipeline(tmp_path / "b")
     for pipe in (eager, fast):
         pipe.unet.eval()
-    assert speed_up_on_cpu(fast, "cpu")
+    assert speed_up_on_cpu(fast, "cpu", freeze_after=0)
     return eager, fast
 
 
@@ -85,3 +85,14 @@ def test_only_small_unets_on_cpu_are_frozen(pipes):
     assert not worth_freezing(eager.unet, "cuda")
     assert not speed_up_on_cpu(eager, "cuda")
     assert not isinstance(eager.unet.__dict__.get("forward"), FrozenUNetForward)
+
+
+def test_a_shape_is_frozen_only_after_an_image_of_eager_calls(tmp_path):
+    """The first image after loading runs eager (no freezing wait); the next one at that size is frozen."""
+    pipe = tiny_sd_pipeline(tmp_path)
+    pipe.unet.eval()
+    speed_up_on_cpu(pipe, "cpu", freeze_after=3)  # 3 steps = 3 calls (CFG batches both halves)
+    _image(pipe)
+    assert _graphs(pipe) == 0 and pipe.unet.forward.served == 0
+    _image(pipe)
+    assert _graphs(pipe) == 1 and pipe.unet.forward.served == 3

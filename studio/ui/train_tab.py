@@ -102,6 +102,7 @@ def create_tab(services):
                         flip = gr.Checkbox(False, label="Random flip", info="mirrored captions swap left/right")
                         crop = gr.Checkbox(False, label="Random crop")
                         train_te = gr.Checkbox(False, label="Train text encoder")
+                    with gr.Row():
                         te_lr = gr.Number(0.0, label="Text encoder LR", minimum=0, maximum=0.1,
                                           info="0 = the learning rate above; 5-10x lower is usual")
                         loraplus = gr.Number(1.0, label="LoRA+ ratio", minimum=1, maximum=64,
