@@ -447,7 +447,7 @@ class LoraTrainer:
         extra = torch.load(ck / "optim.pt", map_location="cpu", weights_only=True)
         try:
             optimizer.load_state_dict(extra["optimizer"])
-        except ValueError:  # a checkpoint from before the text encoder had its own parameter group
+        except ValueError:  # a checkpoint from a version with other parameter groups
             self.on_event(TrainingEvent("log", 0, self.config.max_steps,
                                         message="optimizer state does not match this version: moments start afresh"))
         torch.set_rng_state(extra["torch_rng"])
