@@ -1,13 +1,13 @@
-"""Faster small UNets on CPU: denoiser calls run through TorchScript graphs frozen once per input shape.
+"""Faster small pipelines on CPU: UNet and VAE-decoder calls run through TorchScript graphs frozen per input shape.
 
-A small UNet on a CPU spends much of each call on per-operator overhead (oneDNN re-packing convolution
-weights on every call, dispatch), not on arithmetic. Tracing the UNet for the shapes of a generation and
-freezing the graph pre-packs the weights once, and channels-last weights make the convolutions cheaper.
-Anything a frozen graph cannot reproduce exactly (gradients, LoRA adapters, ControlNet residuals, extra
-conditioning) runs the normal forward, so outputs never change, only their speed.
+A small UNet or VAE decoder on a CPU spends much of each call on per-operator overhead (oneDNN re-packing
+convolution weights on every call, dispatch), not on arithmetic. Tracing the module for the shapes of a
+generation and freezing the graph pre-packs the weights once, and channels-last weights make the convolutions
+cheaper. Anything a frozen graph cannot reproduce exactly (gradients, LoRA adapters, ControlNet residuals,
+extra conditioning) runs the normal forward, so outputs never change, only their speed.
 
-TorchScript is deprecated upstream in favour of torch.compile, which gained less here (1.1x against 1.3x)
-after a two-minute compile; the pinned torch keeps TorchScript working.
+TorchScript is deprecated upstream in favour of torch.compile, which gained less here (1.1x against 1.3x on
+the UNet) after a two-minute compile; the pinned torch keeps TorchScript working.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from collections import OrderedDict
 log = logging.getLogger(__name__)
 
 SMALL_UNET_PARAMS = 100_000_000  # above this, arithmetic dominates and a frozen copy would only cost memory
-MAX_GRAPHS = 4  # shapes kept per UNet (a size change or a batch change is a new shape)
-FREEZE_AFTER_CALLS = 20  # eager calls of a shape before it is frozen: one 20-step image, so the first image
+MAX_GRAPHS = 4  # shapes kept per module (a size change or a batch change is a new shape)
+FREEZE_AFTER_CALLS = 20  # eager UNet calls of a shape before it is frozen: one 20-step image, so the first image
 #                          after loading (or at a new size) never waits the few seconds freezing takes
+DECODER_FREEZE_AFTER_CALLS = 1  # the decoder runs once per image: freeze from the second image on
 PASSIVE_KWARGS = {"timestep_cond", "cross_attention_kwargs", "added_cond_kwargs", "down_block_additional_residuals",
                   "mid_block_additional_residual", "down_intrablock_additional_residuals",
                   "encoder_attention_mask", "attention_mask", "class_labels"}
@@ -41,7 +42,7 @@ def worth_freezing(unet, device: str) -> bool:
     return device == "cpu" and parameter_count(unet) <= SMALL_UNET_PARAMS
 
 
-def _sample_only(unet):
+def _unet_sample_only(unet):
     """What torch.jit.trace sees: the UNet class's own forward with positional tensors, returning the sample."""
     import torch
 
@@ -56,50 +57,63 @@ def _sample_only(unet):
     return Forward()
 
 
-class FrozenUNetForward:
-    """Installed as `unet.forward`: frozen graphs for plain calls, the class's own forward for the rest."""
+def _decoder_only(decoder):
+    """What torch.jit.trace sees: the decoder class's own forward on latents alone."""
+    import torch
 
-    def __init__(self, unet, max_graphs: int = MAX_GRAPHS, freeze_after: int = FREEZE_AFTER_CALLS):
-        self._unet = unet
-        # the same Parameter objects live on through .to() and in-place edits (fuse_lora); adapters that add
-        # modules are seen through peft_config and run eager
-        self._parameters = list(unet.parameters())
+    class Forward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, sample):
+            return type(self.decoder).forward(self.decoder, sample)
+
+    return Forward()
+
+
+class FrozenGraphs:
+    """One module's frozen graphs, one per input shape: a shape is traced and frozen once it has been seen
+    `freeze_after` times, at most `max_graphs` are kept (least recently used dropped first), and weights changed
+    in place (`fuse_lora`) are noticed through the parameters' version counters and traced again."""
+
+    def __init__(self, module, traced_target, max_graphs: int = MAX_GRAPHS, freeze_after: int = FREEZE_AFTER_CALLS):
+        self._module = module
+        self._target = traced_target  # a torch Module taking the positional tensors, returning a tensor
+        # the same Parameter objects live on through .to() and in-place edits; adapters that add modules are
+        # seen through peft_config and run eager
+        self._parameters = list(module.parameters())
         self._max_graphs = max_graphs
-        self._graphs: OrderedDict = OrderedDict()
         self._freeze_after = freeze_after
+        self._graphs: OrderedDict = OrderedDict()
         self._seen: dict = {}  # eager calls per shape not frozen yet
         self.served = 0  # calls answered by a frozen graph
         self._lock = threading.Lock()
 
-    def __call__(self, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
-        key = self._key(sample, timestep, encoder_hidden_states, args, kwargs)
-        graph = self._graph(key, sample, timestep, encoder_hidden_states) if key is not None else None
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def run(self, inputs: tuple):
+        """The output of a frozen graph for these tensors, or None: the caller runs the normal forward."""
+        key = self._key(inputs)
+        graph = self._graph(key, inputs) if key is not None else None
         if graph is None:
-            return type(self._unet).forward(self._unet, sample, timestep, encoder_hidden_states, *args,
-                                            return_dict=return_dict, **kwargs)
-        out = graph(sample, timestep, encoder_hidden_states)
+            return None
         self.served += 1
-        if not return_dict:
-            return (out,)
-        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+        return graph(*inputs)
 
-        return UNet2DConditionOutput(sample=out)
-
-    def _key(self, sample, timestep, context, args, kwargs):
-        """The graph a call can use, or None when it needs the normal forward."""
+    def _key(self, inputs: tuple):
         import torch
 
-        unet = self._unet
-        if args or any(k not in PASSIVE_KWARGS or not _is_unset(v) for k, v in kwargs.items()):
+        module = self._module
+        if torch.is_grad_enabled() or module.training or getattr(module, "peft_config", None):
             return None
-        if torch.is_grad_enabled() or unet.training or getattr(unet, "peft_config", None):
-            return None
-        if not all(isinstance(t, torch.Tensor) for t in (sample, timestep, context)):
+        if not all(isinstance(t, torch.Tensor) for t in inputs):
             return None
         weights = tuple((p.data_ptr(), p._version) for p in self._parameters)
-        return tuple((tuple(t.shape), t.dtype, t.device) for t in (sample, timestep, context)) + (hash(weights),)
+        return tuple((tuple(t.shape), t.dtype, t.device) for t in inputs) + (hash(weights),)
 
-    def _graph(self, key, sample, timestep, context):
+    def _graph(self, key, inputs: tuple):
         with self._lock:
             if key in self._graphs:
                 self._graphs.move_to_end(key)
@@ -110,38 +124,74 @@ class FrozenUNetForward:
             if self._seen[key] <= self._freeze_after:
                 return None
             del self._seen[key]
-            graph = self._freeze(sample, timestep, context)
+            graph = self._freeze(inputs)
             self._graphs[key] = graph
             while len(self._graphs) > self._max_graphs:
                 self._graphs.popitem(last=False)
             return graph
 
-    def _freeze(self, sample, timestep, context):
-        """Trace and freeze for these shapes; None (the normal forward from now on) if that fails."""
+    def _freeze(self, inputs: tuple):
+        """Trace and freeze for these shapes; None (the normal forward for them from now on) if that fails."""
         import torch
 
         try:
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer notes on shape asserts; TorchScript's deprecation notice
-                example = tuple(t.clone() for t in (sample, timestep, context))
-                traced = torch.jit.trace(_sample_only(self._unet), example, check_trace=False)
+                traced = torch.jit.trace(self._target, tuple(t.clone() for t in inputs), check_trace=False)
                 return torch.jit.freeze(traced.eval())
-        except Exception as exc:  # an unusual UNet: keep it eager, never fail a generation
-            log.warning("UNet kept eager for shapes %s: %s: %s", [tuple(t.shape) for t in (sample, timestep, context)],
-                        type(exc).__name__, exc)
+        except Exception as exc:  # an unusual module: keep it eager, never fail a generation
+            log.warning("%s kept eager for shapes %s: %s: %s", type(self._module).__name__,
+                        [tuple(t.shape) for t in inputs], type(exc).__name__, exc)
             return None
 
 
-def speed_up_on_cpu(pipe, device: str, freeze_after: int = FREEZE_AFTER_CALLS) -> bool:
-    """Channels-last weights and frozen per-shape UNet graphs for a small pipeline on a CPU; True if applied.
-    A shape is frozen once `freeze_after` calls have used it."""
+class FrozenUNetForward:
+    """Installed as `unet.forward`: frozen graphs for plain calls, the class's own forward for the rest."""
+
+    def __init__(self, unet, max_graphs: int = MAX_GRAPHS, freeze_after: int = FREEZE_AFTER_CALLS):
+        self._unet = unet
+        self.graphs = FrozenGraphs(unet, _unet_sample_only(unet), max_graphs, freeze_after)
+
+    def __call__(self, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
+        plain = not args and all(k in PASSIVE_KWARGS and _is_unset(v) for k, v in kwargs.items())
+        out = self.graphs.run((sample, timestep, encoder_hidden_states)) if plain else None
+        if out is None:
+            return type(self._unet).forward(self._unet, sample, timestep, encoder_hidden_states, *args,
+                                            return_dict=return_dict, **kwargs)
+        if not return_dict:
+            return (out,)
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=out)
+
+
+class FrozenDecoderForward:
+    """Installed as `vae.decoder.forward`: frozen graphs for latents alone, the class's own forward otherwise."""
+
+    def __init__(self, decoder, max_graphs: int = MAX_GRAPHS, freeze_after: int = DECODER_FREEZE_AFTER_CALLS):
+        self._decoder = decoder
+        self.graphs = FrozenGraphs(decoder, _decoder_only(decoder), max_graphs, freeze_after)
+
+    def __call__(self, sample, latent_embeds=None):
+        out = self.graphs.run((sample,)) if latent_embeds is None else None
+        if out is None:
+            return type(self._decoder).forward(self._decoder, sample, latent_embeds)
+        return out
+
+
+def speed_up_on_cpu(pipe, device: str, freeze_after: int = FREEZE_AFTER_CALLS,
+                    decoder_freeze_after: int = DECODER_FREEZE_AFTER_CALLS) -> bool:
+    """Channels-last weights and frozen per-shape graphs for a small pipeline's UNet and VAE decoder on a CPU;
+    True if applied. A shape is frozen once `freeze_after` (decoder: `decoder_freeze_after`) calls used it."""
     import torch
 
     unet = getattr(pipe, "unet", None)
     if unet is None or not worth_freezing(unet, device) or isinstance(unet.__dict__.get("forward"), FrozenUNetForward):
         return False
     unet.to(memory_format=torch.channels_last)
-    if getattr(pipe, "vae", None) is not None:
-        pipe.vae.to(memory_format=torch.channels_last)
     unet.forward = FrozenUNetForward(unet, freeze_after=freeze_after)
+    decoder = getattr(getattr(pipe, "vae", None), "decoder", None)
+    if decoder is not None:
+        pipe.vae.to(memory_format=torch.channels_last)
+        decoder.forward = FrozenDecoderForward(decoder, freeze_after=decoder_freeze_after)
     return True

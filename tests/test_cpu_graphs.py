@@ -1,4 +1,5 @@
-"""Frozen UNet graphs on CPU: same images as the normal forward, one graph per shape, eager where they can't serve."""
+"""Frozen UNet and VAE-decoder graphs on CPU: same images as the normal forward, one graph per shape, eager where
+they can't serve."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.cpu_graphs import FrozenUNetForward, speed_up_on_cpu, worth_freezing
+from pipelines.cpu_graphs import FrozenDecoderForward, FrozenUNetForward, speed_up_on_cpu, worth_freezing
 from tests.tiny_models import tiny_sd_pipeline
 
 
@@ -22,24 +23,30 @@ def pipes(tmp_path):
     """The same tiny pipeline twice: one left eager, one sped up (both in eval mode, as from_pretrained gives)."""
     eager, fast = tiny_sd_pipeline(tmp_path / "a"), tiny_sd_pipeline(tmp_path / "b")
     for pipe in (eager, fast):
-        pipe.unet.eval()
-    assert speed_up_on_cpu(fast, "cpu", freeze_after=0)
+        pipe.unet.eval(), pipe.vae.eval()
+    assert speed_up_on_cpu(fast, "cpu", freeze_after=0, decoder_freeze_after=0)
     return eager, fast
 
 
 def _graphs(pipe) -> int:
-    return len(pipe.unet.forward._graphs)
+    return len(pipe.unet.forward.graphs)
+
+
+def _decoder_graphs(pipe) -> int:
+    return len(pipe.vae.decoder.forward.graphs)
 
 
 def test_frozen_graphs_give_the_eager_images_and_one_graph_per_shape(pipes):
     eager, fast = pipes
     assert isinstance(fast.unet.forward, FrozenUNetForward)
+    assert isinstance(fast.vae.decoder.forward, FrozenDecoderForward)
     np.testing.assert_allclose(_image(fast), _image(eager), atol=1e-4)
-    assert _graphs(fast) == 1
+    assert _graphs(fast) == 1 and _decoder_graphs(fast) == 1
+    assert fast.vae.decoder.forward.graphs.served == 1, "the decoder ran through its graph"
     _image(fast, seed=1)
     assert _graphs(fast) == 1, "the same shapes reuse the frozen graph"
     np.testing.assert_allclose(_image(fast, size=32), _image(eager, size=32), atol=1e-4)
-    assert _graphs(fast) == 2, "a new size is a new graph"
+    assert _graphs(fast) == 2 and _decoder_graphs(fast) == 2, "a new size is a new graph"
     assert not speed_up_on_cpu(fast, "cpu"), "installing twice is a no-op"
 
 
@@ -67,9 +74,9 @@ def test_lora_adapters_and_training_use_the_normal_forward(pipes):
     np.testing.assert_allclose(with_lora, _image(eager), atol=1e-4)
     assert _graphs(fast) == 1, "no graph is frozen while an adapter is loaded"
     fast.unet.unload_lora()
-    served = fast.unet.forward.served
+    served = fast.unet.forward.graphs.served
     np.testing.assert_allclose(_image(fast), plain, atol=1e-4)
-    assert fast.unet.forward.served > served, "once the adapter is unloaded, the graph serves again"
+    assert fast.unet.forward.graphs.served > served, "once the adapter is unloaded, the graph serves again"
 
     unet = fast.unet
     unet.train().requires_grad_(True)
@@ -90,9 +97,11 @@ def test_only_small_unets_on_cpu_are_frozen(pipes):
 def test_a_shape_is_frozen_only_after_an_image_of_eager_calls(tmp_path):
     """The first image after loading runs eager (no freezing wait); the next one at that size is frozen."""
     pipe = tiny_sd_pipeline(tmp_path)
-    pipe.unet.eval()
+    pipe.unet.eval(), pipe.vae.eval()
     speed_up_on_cpu(pipe, "cpu", freeze_after=3)  # 3 steps = 3 calls (CFG batches both halves)
     _image(pipe)
-    assert _graphs(pipe) == 0 and pipe.unet.forward.served == 0
+    assert _graphs(pipe) == 0 and pipe.unet.forward.graphs.served == 0
+    assert _decoder_graphs(pipe) == 0, "the decoder too runs eager for the first image"
     _image(pipe)
-    assert _graphs(pipe) == 1 and pipe.unet.forward.served == 3
+    assert _graphs(pipe) == 1 and pipe.unet.forward.graphs.served == 3
+    assert _decoder_graphs(pipe) == 1 and pipe.vae.decoder.forward.graphs.served == 1
