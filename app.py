@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 
 from studio.settings import PROJECT_ROOT, Settings, parse_args
@@ -35,13 +36,33 @@ def create_app(settings: Settings):
     return demo, services
 
 
+def warm_up_in_background(services) -> threading.Thread:
+    """Load the selected model and run one step while the page opens, so the first Generate is quick; a model
+    that fails here reports the error on Generate instead."""
+    def run():
+        model = services.models.default_model(services.settings.model)
+        if model is None:
+            return
+        try:
+            seconds = services.generation.warm_up(model)
+            logging.getLogger("studio").info("%s loaded and warmed up in %.1f s", model, seconds)
+        except Exception as exc:  # the studio still serves; Generate shows the real message
+            logging.getLogger("studio").warning("warming up %s failed: %s", model, exc)
+
+    thread = threading.Thread(target=run, name="warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings, password = parse_args(argv).with_generated_auth()
     if password:
         print(f"Sharing needs a login: user 'studio', password '{password}' (or pass --auth user:password)",
               flush=True)
-    demo, _ = create_app(settings)
+    demo, services = create_app(settings)
+    if settings.warm_up:
+        warm_up_in_background(services)
     demo.launch(**launch_kwargs(settings))
 
 

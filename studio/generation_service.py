@@ -164,6 +164,17 @@ class GenerationService:
         pipe.set_adapters(names, [w for _, w, _ in loras])
 
     # ------------------------------------------------------------------ running
+    def warm_up(self, model_id: str) -> float:
+        """Load the model and run one denoising step at its default size, saving nothing, so the first image a
+        person asks for does not wait for loading and first-call set-up; returns the seconds it took."""
+        start = time.perf_counter()
+        req = self.validate(GenerationRequest(prompt="warm-up", model=model_id, steps=1, seed=0))
+        with self.device_lock, self.models.pipeline(req.model, req.mode) as pipe:
+            rescale = req.cfg_rescale if supports_cfg_rescale(pipe) else 0.0
+            run_pipeline(pipe, PipelineCall(req.mode, req.prompt, "", 1, req.cfg_scale, req.width, req.height, [0],
+                                            cfg_rescale=rescale), self.models.device.device)
+        return time.perf_counter() - start
+
     def generate(self, req: GenerationRequest, cancel: threading.Event | None = None,
                  on_progress: ProgressFn | None = None, preview_every: int = 5) -> GenerationResult:
         """Validate, then run batch_count batches of batch_size images; Stop keeps finished batches."""

@@ -31,6 +31,7 @@ class Settings:
     max_batch_size: int = 8
     max_batch_count: int = 16
     inbrowser: bool = False
+    warm_up: bool = True  # load the selected model and run one step in the background at start
     extra: dict = field(default_factory=dict)
 
     @property
@@ -69,9 +70,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
     p.add_argument("--cache-gb", type=float, default=8.0, help="model cache budget in GiB")
     p.add_argument("--inbrowser", action="store_true", help="open a browser tab on start")
+    p.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                   help="do not load the selected model in the background at start")
     a = p.parse_args(argv)
     return Settings(
         data_dir=a.data_dir.resolve(), models_dir=a.models_dir.resolve() if a.models_dir else None,
         host=a.host, port=a.port, share=a.share, auth=a.auth, offline=a.offline, model=a.model,
         device=a.device, dtype=a.dtype, cache_budget_bytes=int(a.cache_gb * 1024**3), inbrowser=a.inbrowser,
+        warm_up=a.warm_up,
     )

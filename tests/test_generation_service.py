@@ -154,3 +154,23 @@ def test_model_recommended_cfg_and_rescale(tmp_path, tiny_models_dir):
         assert err.value.field == "cfg_rescale" and "between 0 and 1" in str(err.value)
     finally:
         services.training.shutdown()
+
+
+def test_warm_up_loads_the_model_and_saves_nothing(services):
+    assert services.generation.warm_up(TINY_MODEL_ID) > 0
+    assert [e["kind"] for e in services.models.stats().entries if e["kind"] == "txt2img"] == ["txt2img"]
+    assert services.gallery.list()[1] == 0, "a warm-up image is never saved"
+    loads = services.models.stats().loads
+    services.generation.generate(request())
+    assert services.models.stats().loads == loads, "the first real image finds the model loaded"
+
+
+def test_a_failing_background_warm_up_only_logs(services, monkeypatch, caplog):
+    from app import warm_up_in_background
+
+    def broken(model_id):
+        raise RuntimeError("weights unreadable")
+
+    monkeypatch.setattr(services.generation, "warm_up", broken)
+    warm_up_in_background(services).join(timeout=60)
+    assert f"warming up {services.settings.model} failed: weights unreadable" in caplog.text
