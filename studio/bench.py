@@ -228,6 +228,7 @@ class LoraProofRecipe:
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
     mixed_precision: str = "no"
     out: str = ""  # a folder that keeps the LoRA file and before/after contact sheets of the star prompts
+    eval_prompts: int = 24  # star prompts, and prompts of other concepts, scored before and after
 
 
 def _save_sheet(pairs: list, path: Path) -> None:
@@ -302,8 +303,8 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     samples = _world_samples(tmp / "stars", [concept_scene(seed, "star") for seed in range(30)], cutouts)
     # regularization images: scenes of what the base model already knows (its own world, unseen seeds)
     prior = _world_samples(tmp / "prior", [sample_scene(3_000_000 + seed) for seed in range(240)], cutouts)
-    stars = concept_prompt_set("star", 24)
-    others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:24]
+    stars = concept_prompt_set("star", recipe.eval_prompts)
+    others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:recipe.eval_prompts]
     pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     guidance = recommended_settings(ModelSource(BUILTIN_ID, "builtin", str(BUILTIN_MODEL_DIR)))  # as the studio
