@@ -42,34 +42,28 @@ def worth_freezing(unet, device: str) -> bool:
     return device == "cpu" and parameter_count(unet) <= SMALL_UNET_PARAMS
 
 
-def _unet_sample_only(unet):
-    """What torch.jit.trace sees: the UNet class's own forward with positional tensors, returning the sample."""
+def _traceable(module, forward):
+    """What torch.jit.trace sees: `forward(module, *tensors)` (the class's own forward, so not the installed
+    frozen one) as a Module taking positional tensors and returning one tensor."""
     import torch
 
-    class Forward(torch.nn.Module):
+    class Traceable(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.unet = unet
+            self.inner = module
 
-        def forward(self, sample, timestep, encoder_hidden_states):
-            return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        def forward(self, *tensors):
+            return forward(self.inner, *tensors)
 
-    return Forward()
+    return Traceable()
 
 
-def _decoder_only(decoder):
-    """What torch.jit.trace sees: the decoder class's own forward on latents alone."""
-    import torch
+def _unet_sample(unet, sample, timestep, encoder_hidden_states):
+    return type(unet).forward(unet, sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
-    class Forward(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.decoder = decoder
 
-        def forward(self, sample):
-            return type(self.decoder).forward(self.decoder, sample)
-
-    return Forward()
+def _decoded(decoder, sample):
+    return type(decoder).forward(decoder, sample)
 
 
 class FrozenGraphs:
@@ -150,7 +144,7 @@ class FrozenUNetForward:
 
     def __init__(self, unet, max_graphs: int = MAX_GRAPHS, freeze_after: int = FREEZE_AFTER_CALLS):
         self._unet = unet
-        self.graphs = FrozenGraphs(unet, _unet_sample_only(unet), max_graphs, freeze_after)
+        self.graphs = FrozenGraphs(unet, _traceable(unet, _unet_sample), max_graphs, freeze_after)
 
     def __call__(self, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
         plain = not args and all(k in PASSIVE_KWARGS and _is_unset(v) for k, v in kwargs.items())
@@ -170,7 +164,7 @@ class FrozenDecoderForward:
 
     def __init__(self, decoder, max_graphs: int = MAX_GRAPHS, freeze_after: int = DECODER_FREEZE_AFTER_CALLS):
         self._decoder = decoder
-        self.graphs = FrozenGraphs(decoder, _decoder_only(decoder), max_graphs, freeze_after)
+        self.graphs = FrozenGraphs(decoder, _traceable(decoder, _decoded), max_graphs, freeze_after)
 
     def __call__(self, sample, latent_embeds=None):
         out = self.graphs.run((sample,)) if latent_embeds is None else None

@@ -164,15 +164,27 @@ class GenerationService:
         pipe.set_adapters(names, [w for _, w, _ in loras])
 
     # ------------------------------------------------------------------ running
+    @staticmethod
+    def _fit_to(pipe, req: GenerationRequest) -> GenerationRequest:
+        """The request as this pipeline can run it: SD img2img/inpaint have no guidance rescale."""
+        if req.cfg_rescale and not supports_cfg_rescale(pipe):
+            return replace(req, cfg_rescale=0.0)
+        return req
+
+    @staticmethod
+    def _call(req: GenerationRequest, prompt: str, negative: str, seeds: list[int]) -> PipelineCall:
+        """One pipeline call of a validated request (prompts already rewritten for LoRA tags and triggers)."""
+        return PipelineCall(req.mode, prompt, negative, req.steps, req.cfg_scale, req.width, req.height, seeds,
+                            req.init_image, req.mask_image, req.strength, req.cfg_rescale)
+
     def warm_up(self, model_id: str) -> float:
         """Load the model and run one denoising step at its default size, saving nothing, so the first image a
         person asks for does not wait for loading and first-call set-up; returns the seconds it took."""
         start = time.perf_counter()
         req = self.validate(GenerationRequest(prompt="warm-up", model=model_id, steps=1, seed=0))
         with self.device_lock, self.models.pipeline(req.model, req.mode) as pipe:
-            rescale = req.cfg_rescale if supports_cfg_rescale(pipe) else 0.0
-            run_pipeline(pipe, PipelineCall(req.mode, req.prompt, "", 1, req.cfg_scale, req.width, req.height, [0],
-                                            cfg_rescale=rescale), self.models.device.device)
+            req = self._fit_to(pipe, req)
+            run_pipeline(pipe, self._call(req, req.prompt, "", [0]), self.models.device.device)
         return time.perf_counter() - start
 
     def generate(self, req: GenerationRequest, cancel: threading.Event | None = None,
@@ -192,8 +204,7 @@ class GenerationService:
 
         with self.device_lock, self.models.pipeline(req.model, req.mode, download) as pipe:
             original_scheduler = pipe.scheduler
-            if req.cfg_rescale and not supports_cfg_rescale(pipe):
-                req = replace(req, cfg_rescale=0.0)  # SD img2img/inpaint have no guidance rescale
+            req = self._fit_to(pipe, req)
             prompt, _ = extract_lora_tags(req.prompt)
             try:
                 self._apply_loras(pipe, req.loras)
@@ -205,9 +216,7 @@ class GenerationService:
                         seeds = [(base_seed + batch * req.batch_size + i) % (MAX_SEED + 1)
                                  for i in range(req.batch_size)]
                         pipe.scheduler = make_scheduler(req.sampler, dict(original_scheduler.config))
-                        call = PipelineCall(req.mode, prompt, negative, req.steps, req.cfg_scale, req.width,
-                                            req.height, seeds, req.init_image, req.mask_image, req.strength,
-                                            req.cfg_rescale)
+                        call = self._call(req, prompt, negative, seeds)
                         first = len(saved)
 
                         def step(update: StepUpdate, first=first):
