@@ -229,6 +229,8 @@ class LoraProofRecipe:
     mixed_precision: str = "no"
     out: str = ""  # a folder that keeps the LoRA file and before/after contact sheets of the star prompts
     eval_prompts: int = 24  # star prompts, and prompts of other concepts, scored before and after
+    images: int = 30  # training images of stars
+    balanced: bool = False  # every colour equally often, each in both sizes (else drawn at random)
 
 
 def _save_sheet(pairs: list, path: Path) -> None:
@@ -296,11 +298,13 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     from training.evaluator import concept_prompt_set, evaluate, heldout_prompt_set, parse_prompt
     from training.lora_trainer import LoraTrainer, LoraTrainingConfig, unet_targets
     from training.model_card import generate_pairs, score_pipeline
-    from training.world import concept_scene, sample_scene
+    from training.world import concept_dataset, concept_scene, sample_scene
 
     print(f"LoRA: teach the held-out 'star' ({recipe})", flush=True)
     cutouts = recipe.subject_weight != 1
-    samples = _world_samples(tmp / "stars", [concept_scene(seed, "star") for seed in range(30)], cutouts)
+    scenes = (concept_dataset(recipe.images, "star") if recipe.balanced
+              else [concept_scene(seed, "star") for seed in range(recipe.images)])
+    samples = _world_samples(tmp / "stars", scenes, cutouts)
     # regularization images: scenes of what the base model already knows (its own world, unseen seeds)
     prior = _world_samples(tmp / "prior", [sample_scene(3_000_000 + seed) for seed in range(240)], cutouts)
     stars = concept_prompt_set("star", recipe.eval_prompts)
@@ -399,6 +403,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA proof: loss weight on the objects' pixels (1 = even)")
     p.add_argument("--lora-precision", choices=("no", "bf16"), default=defaults.mixed_precision,
                    help="LoRA proof: mixed precision")
+    p.add_argument("--lora-images", type=int, default=defaults.images, help="LoRA proof: training images of stars")
+    p.add_argument("--lora-balanced", action=argparse.BooleanOptionalAction, default=defaults.balanced,
+                   help="LoRA proof: every colour equally often in the training images, each in both sizes")
+    p.add_argument("--lora-eval-prompts", type=int, default=defaults.eval_prompts,
+                   help="LoRA proof: star prompts, and prompts of other concepts, scored before and after")
     p.add_argument("--lora-out", default="", help="LoRA proof: keep the LoRA and before/after contact sheets here")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -422,7 +431,8 @@ def main(argv: list[str] | None = None) -> None:
                 train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
                 embedding_init=args.lora_embedding_init,
                 train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,
-                mixed_precision=args.lora_precision, out=args.lora_out))),
+                mixed_precision=args.lora_precision, images=args.lora_images, balanced=args.lora_balanced,
+                eval_prompts=args.lora_eval_prompts, out=args.lora_out))),
         ]
         for name, run in sections:
             if name not in skip:

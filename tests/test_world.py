@@ -41,3 +41,19 @@ def test_caption_augmentations_are_deterministic_and_keep_every_word():
     assert 1 <= len(added) - len(words) <= 2
     it = iter(added)
     assert all(w in it for w in words)  # the original words keep their order
+
+
+def test_concept_dataset_balances_colours_sizes_and_positions():
+    from collections import Counter
+
+    from training.world import COLOURS, POSITIONS, concept_dataset
+
+    scenes = concept_dataset(32, "star")
+    assert scenes == concept_dataset(32, "star") and scenes != concept_dataset(32, "star", seed=1)
+    objects = [s.objects[0] for s in scenes]
+    assert all(o.shape == "star" and s.background != o.colour and o.colour in s.caption
+               for s, o in zip(scenes, objects))
+    assert Counter(o.colour for o in objects) == {c: 4 for c in COLOURS}
+    assert Counter((o.colour, o.size) for o in objects) == {(c, z): 2 for c in COLOURS for z in ("small", "large")}
+    positions = Counter(o.position for o in objects)
+    assert set(positions) == set(POSITIONS) and set(positions.values()) <= {6, 7}

@@ -256,16 +256,28 @@ def moved(scene: Scene, position: str) -> Scene:
     return replace(scene, objects=(obj,), caption="")
 
 
-def concept_scene(seed: int, shape: str = "star", pattern: str = "plain") -> Scene:
-    """A single-object scene featuring a given (possibly held-out) shape and pattern, with a full caption."""
+def concept_scene(seed: int, shape: str = "star", pattern: str = "plain", colour: str = "", size: str = "",
+                  position: str = "") -> Scene:
+    """A single-object scene featuring a given (possibly held-out) shape and pattern, with a full caption;
+    colour, size and position are drawn from `seed` unless given."""
     rng = random.Random(seed)
-    background = rng.choice(list(COLOURS))
-    position = rng.choice(list(POSITIONS))
+    background = rng.choice([c for c in COLOURS if c != colour])
+    position = position or rng.choice(list(POSITIONS))
     fx, fy = POSITIONS[position]
-    obj = ShapeObject(shape, _pick_colours(rng, 1, background)[0], rng.choice(list(SIZES)),
-                      (fx * IMAGE_SIZE, fy * IMAGE_SIZE), position)
+    colour = colour or _pick_colours(rng, 1, background)[0]
+    size = size or rng.choice(list(SIZES))
+    obj = ShapeObject(shape, colour, size, (fx * IMAGE_SIZE, fy * IMAGE_SIZE), position)
     scene = Scene(background, pattern, (obj,), "single")
     return Scene(background, pattern, (obj,), "single", caption_single(scene, rng, 0.0))
+
+
+def concept_dataset(n: int, shape: str = "star", seed: int = 0, pattern: str = "plain") -> list[Scene]:
+    """`n` single-object scenes of a concept, as a person would pick them for a LoRA: every colour about equally
+    often, each colour in both sizes, positions taken in turn (backgrounds drawn from the seed)."""
+    colours, sizes, positions = list(COLOURS), list(SIZES), list(POSITIONS)
+    return [concept_scene(seed * 100_000 + i, shape, pattern, colours[i % len(colours)],
+                          sizes[(i // len(colours)) % len(sizes)], positions[i % len(positions)])
+            for i in range(n)]
 
 
 def vocabulary() -> list[str]:
