@@ -231,6 +231,7 @@ class LoraProofRecipe:
     eval_prompts: int = 24  # star prompts, and prompts of other concepts, scored before and after
     images: int = 30  # training images of stars
     balanced: bool = False  # every colour equally often, each in both sizes (else drawn at random)
+    skip_blocks: str = ""  # comma list of UNet blocks left without LoRA
 
 
 def _save_sheet(pairs: list, path: Path) -> None:
@@ -332,6 +333,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              embedding_learning_rate=recipe.embedding_learning_rate,
                              embedding_init=recipe.embedding_init,
                              subject_weight=recipe.subject_weight,
+                             skip_blocks=[b for b in recipe.skip_blocks.split(",") if b],
                              mixed_precision=recipe.mixed_precision)
     if not cfg.max_steps:
         cfg.max_steps = _steps_that_fit(cfg, samples, prior, tmp / "lora-calibration", recipe.minutes)
@@ -408,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA proof: every colour equally often in the training images, each in both sizes")
     p.add_argument("--lora-eval-prompts", type=int, default=defaults.eval_prompts,
                    help="LoRA proof: star prompts, and prompts of other concepts, scored before and after")
+    p.add_argument("--lora-skip-blocks", default=defaults.skip_blocks,
+                   help="LoRA proof: comma list of UNet blocks left without LoRA (e.g. up_blocks.2)")
     p.add_argument("--lora-out", default="", help="LoRA proof: keep the LoRA and before/after contact sheets here")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -432,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
                 embedding_init=args.lora_embedding_init,
                 train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,
                 mixed_precision=args.lora_precision, images=args.lora_images, balanced=args.lora_balanced,
-                eval_prompts=args.lora_eval_prompts, out=args.lora_out))),
+                eval_prompts=args.lora_eval_prompts, skip_blocks=args.lora_skip_blocks, out=args.lora_out))),
         ]
         for name, run in sections:
             if name not in skip:

@@ -63,6 +63,19 @@ LORA_LAYERS = {  # Train tab choice -> the trainer's switches
 }
 
 
+UNET_BLOCK_RE = re.compile(r"(down_blocks|up_blocks)\.\d{1,2}|mid_block")
+
+
+def parse_skip_blocks(text: str) -> list[str]:
+    """UNet blocks to leave without LoRA from "up_blocks.2, mid_block" (commas or spaces between names)."""
+    names = [n for n in re.split(r"[,\s]+", text or "") if n]
+    bad = [n for n in names if not UNET_BLOCK_RE.fullmatch(n)]
+    if bad:
+        raise ValidationError(f"skip UNet blocks: {bad[0]!r} is not a block name; use down_blocks.N, mid_block or "
+                              "up_blocks.N (N from 0), separated by commas", "skip_blocks")
+    return list(dict.fromkeys(names))
+
+
 def lora_layers(choice: str) -> dict[str, bool]:
     """The trainer's layer switches for a "LoRA layers" choice."""
     if choice not in LORA_LAYERS:
@@ -215,6 +228,7 @@ class TrainingService:
             embedding_learning_rate=check_range("embedding_learning_rate", cfg.embedding_learning_rate, 1e-6, 1.0,
                                                 float),
             trigger_word=cfg.trigger_word.strip(), embedding_init=cfg.embedding_init.strip(),
+            skip_blocks=parse_skip_blocks(" ".join(cfg.skip_blocks)),
             max_steps=check_range("max_steps", cfg.max_steps, 1, 100_000, int),
             batch_size=check_range("batch_size", cfg.batch_size, 1, 64, int),
             resolution=check_range("resolution", cfg.resolution, 64, 2048, int),

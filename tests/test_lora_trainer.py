@@ -347,6 +347,18 @@ def test_convolutions_only_leaves_the_attention_layers_alone(tiny_base, star_sam
     assert lora_changes_output(tiny_base, done.path)
 
 
+def test_skipped_blocks_get_no_lora_and_the_file_still_loads(tiny_base, star_samples, tmp_path):
+    from safetensors import safe_open
+
+    done = LoraTrainer(config(tiny_base, max_steps=2, checkpoint_every=0, train_conv=True,
+                              skip_blocks=["up_blocks.1", "mid_block"]), star_samples, tmp_path / "run").run()
+    with safe_open(done.path, framework="pt") as fh:
+        keys = list(fh.keys())
+    assert any("up_blocks.0." in k for k in keys) and any("down_blocks." in k for k in keys)
+    assert not any("up_blocks.1." in k or "mid_block." in k for k in keys)
+    assert lora_changes_output(tiny_base, done.path)
+
+
 @pytest.mark.parametrize("embedding", [False, True])
 def test_text_encoder_trains_at_its_own_learning_rate_and_ships_in_the_lora(tiny_base, star_samples, tmp_path,
                                                                            embedding):

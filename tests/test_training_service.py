@@ -65,12 +65,25 @@ def test_dataset_skips_corrupt_images_and_reads_captions(services, star_folder):
     ({"loraplus_lr_ratio": 0.5}, "loraplus_lr_ratio"), ({"loraplus_lr_ratio": 100}, "loraplus_lr_ratio"),
     ({"train_embedding": True, "trigger_word": "star", "embedding_init": "x" * 201}, "embedding_init"),
     ({"train_attention": False, "train_conv": False}, "lora_layers"),
+    ({"skip_blocks": ["up_blocks.1", "decoder"]}, "skip_blocks"),
 ])
 def test_bad_parameters_name_the_field(services, star_folder, overrides, field):
     items, _ = services.training.load_dataset([str(star_folder)])
     with pytest.raises(ValidationError) as err:
         services.training.start(cfg(**overrides), items, TINY_MODEL_ID)
     assert err.value.field == field
+
+
+def test_skip_blocks_are_read_from_text_and_checked_against_the_base_unet(services, star_folder):
+    from studio.training_service import parse_skip_blocks
+
+    assert parse_skip_blocks(" up_blocks.1,mid_block  up_blocks.1 ") == ["up_blocks.1", "mid_block"]
+    assert parse_skip_blocks("") == []
+    items, _ = services.training.load_dataset([str(star_folder)])
+    run_id = services.training.start(cfg(max_steps=2, validation_every=0, skip_blocks=["up_blocks.7"]), items,
+                                     TINY_MODEL_ID)
+    live = wait_for(services, run_id)
+    assert live.status == "failed" and "no block 'up_blocks.7'" in live.error
 
 
 def test_empty_dataset_and_missing_captions(services, star_folder):

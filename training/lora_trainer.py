@@ -55,6 +55,7 @@ class LoraTrainingConfig:
     loraplus_lr_ratio: float = 1.0  # LoRA+: the up (B) matrices learn this many times faster than the down (A)
     train_conv: bool = False  # LoCon: LoRA on the UNet's convolutions and feed-forward layers as well
     train_attention: bool = True  # LoRA on the attention projections (off with train_conv: convolutions only)
+    skip_blocks: list[str] = field(default_factory=list)  # UNet blocks left without LoRA, e.g. ["up_blocks.2"]
     seed: int = 0
     validation_prompts: list[str] = field(default_factory=list)
     validation_every: int = 100
@@ -104,6 +105,13 @@ class CheckpointError(OSError):
 def unet_targets(train_conv: bool, train_attention: bool = True) -> list[str]:
     """The UNet module names a LoRA adapts: the attention projections and/or LoCon's layers."""
     return (UNET_TARGETS if train_attention else []) + (UNET_CONV_TARGETS if train_conv else [])
+
+
+def skipped_modules(blocks: list[str]) -> str | None:
+    """peft's `exclude_modules` for whole UNet blocks ("up_blocks.2", "mid_block"), or None for none."""
+    import re
+
+    return rf"^({'|'.join(re.escape(b) for b in blocks)})\..*" if blocks else None
 
 
 def lora_state(model) -> dict:
@@ -257,8 +265,13 @@ class LoraTrainer:
         pipe.to(cfg.device)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
+        blocks = {name for name, _ in pipe.unet.named_modules()}
+        unknown = [b for b in cfg.skip_blocks if b not in blocks]
+        if unknown:
+            raise ValueError(f"skip UNet blocks: this base model's UNet has no block {unknown[0]!r}")
         pipe.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                         target_modules=unet_targets(cfg.train_conv, cfg.train_attention)))
+                                         target_modules=unet_targets(cfg.train_conv, cfg.train_attention),
+                                         exclude_modules=skipped_modules(cfg.skip_blocks)))
         if cfg.train_text_encoder:
             pipe.text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                                      target_modules=TEXT_TARGETS))

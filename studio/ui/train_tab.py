@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.errors import ValidationError
-from studio.training_service import LORA_LAYERS, DatasetItem, lora_layers
+from studio.training_service import LORA_LAYERS, DatasetItem, lora_layers, parse_skip_blocks
 from studio.ui.errors import user_errors
 from training.curves import smooth
 from training.lora_trainer import LR_SCHEDULERS, PRECISIONS, LoraTrainingConfig
@@ -126,6 +126,8 @@ def create_tab(services):
                                                         "subject (PNG cut-outs); 1 = even")
                         precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision",
                                                 info="bf16/fp16 where the device supports it")
+                        skip_blocks = gr.Textbox(label="Skip UNet blocks", placeholder="e.g. up_blocks.2, mid_block",
+                                                 info="blocks left without LoRA (a block weight of 0)")
                     with gr.Row():
                         reg_folder = gr.Textbox(label="Regularization images folder (optional)", scale=3,
                                                 info="images + .txt captions of what the base model already "
@@ -243,7 +245,8 @@ def create_tab(services):
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
                  reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
-                 layers_v="attention", subject_weight_v=1.0, emb_init_v="", te_lr_v=0.0, loraplus_v=1.0):
+                 layers_v="attention", subject_weight_v=1.0, emb_init_v="", te_lr_v=0.0, loraplus_v=1.0,
+                 skip_blocks_v=""):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -263,7 +266,7 @@ def create_tab(services):
             caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
             **lora_layers(layers_v), subject_weight=subject_weight_v or 1.0,
             trigger_word=(trigger_v or "").strip(), embedding_init=(emb_init_v or "").strip(),
-            device=services.models.device.device,
+            skip_blocks=parse_skip_blocks(skip_blocks_v), device=services.models.device.device,
         )
         run_id = training.start(cfg, items, model_id, regularization)
         gr.Info(f"Training started: run {run_id}")
@@ -272,7 +275,7 @@ def create_tab(services):
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
                            reg_share, trigger, caption_dropout, train_emb, layers, subject_weight, emb_init, te_lr,
-                           loraplus],
+                           loraplus, skip_blocks],
                 current, api_name="train")
 
     def on_stop(run_id):
