@@ -87,6 +87,11 @@ class FrozenGraphs:
     def __len__(self) -> int:
         return len(self._graphs)
 
+    @property
+    def calls_to_freeze(self) -> int:
+        """Calls of one shape until its graph serves: the next call after `freeze_after` freezes it."""
+        return self._freeze_after + 1
+
     def run(self, inputs: tuple):
         """The output of a frozen graph for these tensors, or None: the caller runs the normal forward."""
         key = self._key(inputs)
@@ -189,3 +194,15 @@ def speed_up_on_cpu(pipe, device: str, freeze_after: int = FREEZE_AFTER_CALLS,
         pipe.vae.to(memory_format=torch.channels_last)
         decoder.forward = FrozenDecoderForward(decoder, freeze_after=decoder_freeze_after)
     return True
+
+
+def warm_up_steps(pipe) -> list[int]:
+    """Step counts of warm-up runs at one size that leave the UNet's and the VAE decoder's graphs for that size
+    frozen (each run calls the decoder once), so the first real image neither runs eager nor waits for a
+    freeze; [1] for a pipeline without frozen graphs (one step loads and sets up everything else)."""
+    unet_forward = pipe.unet.__dict__.get("forward")
+    if not isinstance(unet_forward, FrozenUNetForward):
+        return [1]
+    decoder_forward = pipe.vae.decoder.__dict__.get("forward")
+    decoder_calls = decoder_forward.graphs.calls_to_freeze if isinstance(decoder_forward, FrozenDecoderForward) else 1
+    return [unet_forward.graphs.calls_to_freeze] + [1] * (decoder_calls - 1)

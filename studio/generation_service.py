@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines.generation import PipelineCall, StepUpdate, run_pipeline, supports_cfg_rescale
+from pipelines.cpu_graphs import warm_up_steps
 from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
 from pipelines.prompt_weighting import extract_lora_tags
 from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
@@ -178,13 +179,16 @@ class GenerationService:
                             req.init_image, req.mask_image, req.strength, req.cfg_rescale)
 
     def warm_up(self, model_id: str) -> float:
-        """Load the model and run one denoising step at its default size, saving nothing, so the first image a
-        person asks for does not wait for loading and first-call set-up; returns the seconds it took."""
+        """Load the model and run it at its default size, saving nothing, until loading, first-call set-up and
+        any frozen CPU graphs for that size are done, so the first image a person asks for waits for none of
+        them; returns the seconds it took."""
         start = time.perf_counter()
         req = self.validate(GenerationRequest(prompt="warm-up", model=model_id, steps=1, seed=0))
         with self.device_lock, self.models.pipeline(req.model, req.mode) as pipe:
             req = self._fit_to(pipe, req)
-            run_pipeline(pipe, self._call(req, req.prompt, "", [0]), self.models.device.device)
+            for steps in warm_up_steps(pipe):
+                run_pipeline(pipe, self._call(replace(req, steps=steps), req.prompt, "", [0]),
+                             self.models.device.device)
         return time.perf_counter() - start
 
     def generate(self, req: GenerationRequest, cancel: threading.Event | None = None,

@@ -161,8 +161,13 @@ def test_warm_up_loads_the_model_and_saves_nothing(services):
     assert [e["kind"] for e in services.models.stats().entries if e["kind"] == "txt2img"] == ["txt2img"]
     assert services.gallery.list()[1] == 0, "a warm-up image is never saved"
     loads = services.models.stats().loads
-    services.generation.generate(request())
+    with services.models.pipeline(TINY_MODEL_ID, "txt2img") as pipe:
+        unet, decoder = pipe.unet.forward.graphs, pipe.vae.decoder.forward.graphs
+    assert len(unet) == 1 and len(decoder) == 1, "the warm-up froze the graphs for the default size"
+    served = unet.served, decoder.served
+    services.generation.generate(GenerationRequest(prompt="a red circle", model=TINY_MODEL_ID, steps=4))  # defaults
     assert services.models.stats().loads == loads, "the first real image finds the model loaded"
+    assert (unet.served, decoder.served) == (served[0] + 4, served[1] + 1), "its every call runs a frozen graph"
 
 
 def test_a_failing_background_warm_up_only_logs(services, monkeypatch, caplog):
