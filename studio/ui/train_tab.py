@@ -98,46 +98,50 @@ def create_tab(services):
                         batch = gr.Slider(1, 32, value=4, step=1, label="Batch size")
                         resolution = gr.Slider(64, 1024, value=128, step=64, label="Resolution (aspect buckets)")
                         seed = gr.Number(0, label="Seed", precision=0)
-                    with gr.Row():
-                        flip = gr.Checkbox(False, label="Random flip", info="mirrored captions swap left/right")
-                        crop = gr.Checkbox(False, label="Random crop")
-                        train_te = gr.Checkbox(False, label="Train text encoder")
-                    with gr.Row():
-                        te_lr = gr.Number(0.0, label="Text encoder LR", minimum=0, maximum=0.1,
-                                          info="0 = the learning rate above; 5-10x lower is usual")
-                        loraplus = gr.Number(1.0, label="LoRA+ ratio", minimum=1, maximum=64,
-                                             info="up matrices learn this many times faster; 1 = plain LoRA")
-                    with gr.Row():
-                        layers = gr.Radio(list(LORA_LAYERS), value="attention", label="LoRA layers",
-                                          info="LoCon or convolutions only: for shapes the base model cannot draw "
-                                               "yet (convolutions only leaves its colour binding alone)")
-                        train_emb = gr.Checkbox(False, label="Trigger embedding",
-                                                info="pivotal tuning: learns a new embedding for the trigger word")
-                        emb_init = gr.Textbox(label="Embedding starts from",
-                                              placeholder="the trigger word itself",
-                                              info="a known word close to the concept (e.g. 'triangle' for a star) "
-                                                   "so the prompt's other words bind to it from the first step")
-                    with gr.Row():
-                        jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
-                        caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
-                                                    info="share of steps trained with an empty caption")
-                        subject_weight = gr.Slider(1, 20, value=1, step=0.5, label="Subject weight",
-                                                   info="loss weight where an image's alpha channel marks the "
-                                                        "subject (PNG cut-outs); 1 = even")
-                        precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision",
-                                                info="bf16/fp16 where the device supports it")
-                        skip_blocks = gr.Textbox(label="Skip UNet blocks", placeholder="e.g. up_blocks.2, mid_block",
-                                                 info="blocks left without LoRA (a block weight of 0)")
-                    with gr.Row():
-                        reg_folder = gr.Textbox(label="Regularization images folder (optional)", scale=3,
-                                                info="images + .txt captions of what the base model already "
-                                                     "knows: they keep its other concepts intact")
-                        reg_share = gr.Slider(0, 0.9, value=0.0, step=0.05, scale=2,
-                                              label="Regularization share of each batch")
                     val_prompts = gr.Textbox(label="Validation prompts (one per line)", lines=2)
                     with gr.Row():
                         val_every = gr.Number(50, label="Validate every N steps", precision=0)
                         ck_every = gr.Number(50, label="Checkpoint every N steps", precision=0)
+                    with gr.Accordion("Advanced: augmentation, layers, trigger embedding, regularization",
+                                      open=False, elem_id="train-advanced"):
+                        with gr.Row():
+                            flip = gr.Checkbox(False, label="Random flip", info="mirrored captions swap left/right")
+                            crop = gr.Checkbox(False, label="Random crop")
+                            train_te = gr.Checkbox(False, label="Train text encoder")
+                        with gr.Row():
+                            te_lr = gr.Number(0.0, label="Text encoder LR", minimum=0, maximum=0.1,
+                                              info="0 = the learning rate above; 5-10x lower is usual")
+                            loraplus = gr.Number(1.0, label="LoRA+ ratio", minimum=1, maximum=64,
+                                                 info="up matrices learn this many times faster; 1 = plain LoRA")
+                        with gr.Row():
+                            layers = gr.Radio(list(LORA_LAYERS), value="attention", label="LoRA layers",
+                                              info="LoCon or convolutions only: for shapes the base model cannot draw "
+                                                   "yet (convolutions only leaves its colour binding alone)")
+                            train_emb = gr.Checkbox(False, label="Trigger embedding",
+                                                    info="pivotal tuning: learns a new embedding for the trigger word")
+                            emb_init = gr.Textbox(label="Embedding starts from",
+                                                  placeholder="the trigger word itself",
+                                                  info="a known word close to the concept (e.g. 'triangle' for a star) "
+                                                       "so the prompt's other words bind to it from the first step")
+                        with gr.Row():
+                            jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
+                            caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
+                                                        info="share of steps trained with an empty caption")
+                            subject_weight = gr.Slider(1, 20, value=1, step=0.5, label="Subject weight",
+                                                       info="loss weight where an image's alpha channel marks the "
+                                                            "subject (PNG cut-outs); 1 = even")
+                        with gr.Row():
+                            precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision",
+                                                    info="bf16/fp16 where the device supports it")
+                            skip_blocks = gr.Textbox(label="Skip UNet blocks",
+                                                     placeholder="e.g. up_blocks.2, mid_block",
+                                                     info="blocks left without LoRA (a block weight of 0)")
+                        with gr.Row():
+                            reg_folder = gr.Textbox(label="Regularization images folder (optional)", scale=3,
+                                                    info="images + .txt captions of what the base model already "
+                                                         "knows: they keep its other concepts intact")
+                            reg_share = gr.Slider(0, 0.9, value=0.0, step=0.05, scale=2,
+                                                  label="Regularization share of each batch")
             with gr.Column(scale=6):
                 with gr.Row():
                     train = gr.Button("Train", variant="primary", elem_id="train-button", scale=3)
