@@ -43,6 +43,19 @@ class PipelineCall:
     extra: dict = field(default_factory=dict)
 
 
+def predicted_clean(scheduler, latents):
+    """The scheduler's latest prediction of the finished latents where it keeps one (DPM-Solver++ and UniPC
+    store their denoised estimates), so a preview shows the picture taking shape instead of noise; otherwise
+    the current latents."""
+    outputs = getattr(scheduler, "model_outputs", None)
+    config = getattr(scheduler, "config", {})
+    data_prediction = (config.get("algorithm_type") in ("dpmsolver++", "sde-dpmsolver++")
+                       or config.get("predict_x0") is True)
+    if data_prediction and outputs and outputs[-1] is not None and outputs[-1].shape == latents.shape:
+        return outputs[-1]
+    return latents
+
+
 def preview_image(pipe, latents):
     """A cheap RGB preview of the first latent in the batch."""
     import numpy as np
@@ -103,7 +116,8 @@ def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event 
             step = step_index + 1
             total = getattr(p, "_num_timesteps", None) or call.steps
             show = preview_every and (step % preview_every == 0) and step < total and not state["cancelled"]
-            on_step(StepUpdate(step, total, preview_image(p, tensors["latents"]) if show else None))
+            latents = predicted_clean(p.scheduler, tensors["latents"]) if show else None
+            on_step(StepUpdate(step, total, preview_image(p, latents) if show else None))
         return {}
 
     with torch.inference_mode():

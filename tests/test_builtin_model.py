@@ -36,3 +36,23 @@ def test_default_model_generates_offline_above_a_floor(tmp_path, monkeypatch):
         pairs.append((prompt, Image.open(result.images[0].path)))
     scores = evaluate(pairs)
     assert scores["background"] >= 0.5 and scores["overall"] >= 0.4, scores
+
+
+def test_live_preview_shows_the_picture_taking_shape_not_noise():
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from pipelines.generation import PipelineCall, run_pipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    updates = []
+    call = PipelineCall("txt2img", "a red circle on a blue background", "", 20, 5.0, 128, 128, [1], cfg_rescale=0.7)
+    final = np.asarray(run_pipeline(pipe, call, "cpu", on_step=updates.append)[0], dtype=float)
+    previews = [np.asarray(u.preview, dtype=float) for u in updates if u.preview is not None]
+    assert len(previews) == 3  # steps 5, 10 and 15
+    roughness = lambda a: np.abs(np.diff(a, axis=0)).mean()  # noise is rough, shapes on plain colour are smooth
+    assert roughness(previews[0]) < 2 * roughness(final) + 2
+    # halfway the preview already shows the final picture (the noisy latents decoded differ by about 50 and 16)
+    assert np.abs(previews[1] - final).mean() < 20 and np.abs(previews[2] - final).mean() < 8
