@@ -204,5 +204,6 @@ def warm_up_steps(pipe) -> list[int]:
     if not isinstance(unet_forward, FrozenUNetForward):
         return [1]
     decoder_forward = pipe.vae.decoder.__dict__.get("forward")
-    decoder_calls = decoder_forward.graphs.calls_to_freeze if isinstance(decoder_forward, FrozenDecoderForward) else 1
+    decoder_calls = (decoder_forward.graphs.calls_to_freeze if isinstance(decoder_forward, FrozenDecoderForward)
+                     else 1)
     return [unet_forward.graphs.calls_to_freeze] + [1] * (decoder_calls - 1)

@@ -116,8 +116,8 @@ def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event 
             step = step_index + 1
             total = getattr(p, "_num_timesteps", None) or call.steps
             show = preview_every and (step % preview_every == 0) and step < total and not state["cancelled"]
-            latents = predicted_clean(p.scheduler, tensors["latents"]) if show else None
-            on_step(StepUpdate(step, total, preview_image(p, latents) if show else None))
+            preview = preview_image(p, predicted_clean(p.scheduler, tensors["latents"])) if show else None
+            on_step(StepUpdate(step, total, preview))
         return {}
 
     with torch.inference_mode():

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from pipelines.generation import PipelineCall, StepUpdate, run_pipeline, supports_cfg_rescale
 from pipelines.cpu_graphs import warm_up_steps
 from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
+from pipelines.generation import PipelineCall, StepUpdate, run_pipeline, supports_cfg_rescale
 from pipelines.prompt_weighting import extract_lora_tags
 from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
 from studio.errors import ValidationError, check_range
