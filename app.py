@@ -37,8 +37,8 @@ def create_app(settings: Settings):
 
 
 def warm_up_in_background(services) -> threading.Thread:
-    """Load the selected model and run one step while the page opens, so the first Generate is quick; a model
-    that fails here reports the error on Generate instead."""
+    """Warm up the selected model (GenerationService.warm_up) while the page opens, so the first Generate is
+    quick; a model that fails here reports the error on Generate instead."""
     def run():
         model = services.models.default_model(services.settings.model)
         if model is None:

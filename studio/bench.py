@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from studio.settings import BUILTIN_MODEL_DIR, PROJECT_ROOT, Settings
@@ -234,6 +234,50 @@ class LoraProofRecipe:
     skip_blocks: str = ""  # comma list of UNet blocks left without LoRA
 
 
+BOOL = argparse.BooleanOptionalAction
+LORA_RECIPE_FLAGS = (  # the bench command's flag for each LoraProofRecipe field
+    ("--lora-minutes", "minutes", dict(type=float, help="LoRA proof: training time cap")),
+    ("--lora-steps", "max_steps", dict(type=int, help="LoRA proof: steps (cosine schedule; 0: as many as fit the "
+                                                      "minutes)")),
+    ("--lora-lr", "learning_rate", dict(type=float, help="LoRA proof: learning rate")),
+    ("--lora-rank", "rank", dict(type=int, help="LoRA proof: rank (= alpha)")),
+    ("--lora-reg-share", "regularization_share",
+     dict(type=float, help="LoRA proof: share of each batch from regularization images")),
+    ("--lora-text-encoder", "train_text_encoder", dict(action="store_true",
+                                                       help="LoRA proof: train the text encoder too")),
+    ("--lora-text-encoder-lr", "text_encoder_learning_rate",
+     dict(type=float, help="LoRA proof: the text encoder's learning rate (0: the UNet's)")),
+    ("--lora-caption-dropout", "caption_dropout",
+     dict(type=float, help="LoRA proof: share of captions replaced by an empty one")),
+    ("--lora-plus-ratio", "loraplus_lr_ratio",
+     dict(type=float, help="LoRA proof: LoRA+ (the up matrices' learning rate over the down ones'; 1 = plain LoRA)")),
+    ("--lora-flip", "flip", dict(action=BOOL, help="LoRA proof: random horizontal flips (captions' left/right "
+                                                    "swapped)")),
+    ("--lora-attention", "train_attention",
+     dict(action=BOOL, help="LoRA proof: LoRA on the attention projections (--no-lora-attention: convolutions "
+                            "only)")),
+    ("--lora-conv", "train_conv",
+     dict(action=BOOL, help="LoRA proof: LoCon (the UNet's convolutions and feed-forward layers too)")),
+    ("--lora-embedding", "train_embedding",
+     dict(action=BOOL, help="LoRA proof: also train the trigger word's embedding (pivotal tuning)")),
+    ("--lora-embedding-lr", "embedding_learning_rate",
+     dict(type=float, help="LoRA proof: learning rate of the trigger embedding")),
+    ("--lora-embedding-init", "embedding_init",
+     dict(help="LoRA proof: word(s) the trigger embedding starts from ('': 'star' itself)")),
+    ("--lora-subject-weight", "subject_weight",
+     dict(type=float, help="LoRA proof: loss weight on the objects' pixels (1 = even)")),
+    ("--lora-precision", "mixed_precision", dict(choices=("no", "bf16"), help="LoRA proof: mixed precision")),
+    ("--lora-images", "images", dict(type=int, help="LoRA proof: training images of stars")),
+    ("--lora-balanced", "balanced",
+     dict(action=BOOL, help="LoRA proof: every colour equally often in the training images, each in both sizes")),
+    ("--lora-eval-prompts", "eval_prompts",
+     dict(type=int, help="LoRA proof: star prompts, and prompts of other concepts, scored before and after")),
+    ("--lora-skip-blocks", "skip_blocks",
+     dict(help="LoRA proof: comma list of UNet blocks left without LoRA (e.g. up_blocks.2)")),
+    ("--lora-out", "out", dict(help="LoRA proof: keep the LoRA and before/after contact sheets here")),
+)
+
+
 def _save_sheet(pairs: list, path: Path) -> None:
     """A contact sheet of the generated images, 8 per row (for looking at what the scores measured)."""
     from diffusers.utils import make_image_grid
@@ -246,8 +290,6 @@ def _save_sheet(pairs: list, path: Path) -> None:
 def _world_samples(folder: Path, scenes, cutouts: bool = False) -> list:
     """Render (scene) -> png + caption as training samples; `cutouts`: the objects' pixels marked in the alpha
     channel (for the trainer's subject weight)."""
-    from dataclasses import replace
-
     from PIL import ImageChops
 
     from training.lora_trainer import TrainingSample
@@ -276,8 +318,6 @@ def _timed_run(trainer) -> tuple[float, float]:
 def _steps_that_fit(cfg, samples, prior, run_dir: Path, minutes: float) -> int:
     """How many steps of this exact recipe fit `minutes` here (so the learning-rate schedule ends in time):
     a 16-step run measures the setup (loading, latent cache) and the median step."""
-    from dataclasses import replace
-
     from training.lora_trainer import LoraTrainer
 
     setup, step = _timed_run(LoraTrainer(replace(cfg, max_steps=16, checkpoint_every=0), samples, run_dir,
@@ -299,6 +339,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     from training.evaluator import concept_prompt_set, evaluate, heldout_prompt_set, parse_prompt
     from training.lora_trainer import LoraTrainer, LoraTrainingConfig, unet_targets
     from training.model_card import generate_pairs, score_pipeline
+    from studio.training_service import parse_skip_blocks
     from training.world import concept_dataset, concept_scene, sample_scene
 
     print(f"LoRA: teach the held-out 'star' ({recipe})", flush=True)
@@ -333,7 +374,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              embedding_learning_rate=recipe.embedding_learning_rate,
                              embedding_init=recipe.embedding_init,
                              subject_weight=recipe.subject_weight,
-                             skip_blocks=[b for b in recipe.skip_blocks.split(",") if b],
+                             skip_blocks=parse_skip_blocks(recipe.skip_blocks),
                              mixed_precision=recipe.mixed_precision)
     if not cfg.max_steps:
         cfg.max_steps = _steps_that_fit(cfg, samples, prior, tmp / "lora-calibration", recipe.minutes)
@@ -365,55 +406,27 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     short = LoraTrainingConfig(**{**cfg.__dict__, "max_steps": 12, "train_text_encoder": False,
                                   "regularization_share": 0.0, "train_embedding": False})
     _, ours = _timed_run(LoraTrainer(short, samples, tmp / "lora-probe"))
-    bare = _bare_lora_steps(BUILTIN_MODEL_DIR, samples, 12, 8, recipe.rank, unet_targets(recipe.train_conv, recipe.train_attention))
+    bare = _bare_lora_steps(BUILTIN_MODEL_DIR, samples, 12, 8, recipe.rank,
+                            unet_targets(recipe.train_conv, recipe.train_attention))
     _line("step time studio trainer / bare peft loop (target <= 1.1)", f"{ours / bare:.3f} "
           f"({ours * 1000:.0f} ms vs {bare * 1000:.0f} ms)")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, LoraProofRecipe]:
+    """The command line, and the LoRA proof's recipe it sets (--quick: a 1-minute proof)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, 10k gallery, 40 prompts")
     p.add_argument("--skip", default="", help="comma list of: generation,cache,coldstart,gallery,adherence,lora")
     defaults = LoraProofRecipe()
-    p.add_argument("--lora-minutes", type=float, default=defaults.minutes, help="LoRA proof: training time cap")
-    p.add_argument("--lora-steps", type=int, default=defaults.max_steps,
-                   help="LoRA proof: steps (cosine schedule; 0: as many as fit the minutes)")
-    p.add_argument("--lora-lr", type=float, default=defaults.learning_rate, help="LoRA proof: learning rate")
-    p.add_argument("--lora-rank", type=int, default=defaults.rank, help="LoRA proof: rank (= alpha)")
-    p.add_argument("--lora-reg-share", type=float, default=defaults.regularization_share,
-                   help="LoRA proof: share of each batch from regularization images")
-    p.add_argument("--lora-text-encoder", action="store_true", help="LoRA proof: train the text encoder too")
-    p.add_argument("--lora-text-encoder-lr", type=float, default=defaults.text_encoder_learning_rate,
-                   help="LoRA proof: the text encoder's learning rate (0: the UNet's)")
-    p.add_argument("--lora-caption-dropout", type=float, default=defaults.caption_dropout,
-                   help="LoRA proof: share of captions replaced by an empty one")
-    p.add_argument("--lora-plus-ratio", type=float, default=defaults.loraplus_lr_ratio,
-                   help="LoRA proof: LoRA+ (the up matrices' learning rate over the down ones'; 1 = plain LoRA)")
-    p.add_argument("--lora-flip", action=argparse.BooleanOptionalAction, default=defaults.flip,
-                   help="LoRA proof: random horizontal flips (captions' left/right swapped)")
-    p.add_argument("--lora-attention", action=argparse.BooleanOptionalAction, default=defaults.train_attention,
-                   help="LoRA proof: LoRA on the attention projections (--no-lora-attention: convolutions only)")
-    p.add_argument("--lora-conv", action=argparse.BooleanOptionalAction, default=defaults.train_conv,
-                   help="LoRA proof: LoCon (the UNet's convolutions and feed-forward layers too)")
-    p.add_argument("--lora-embedding", action=argparse.BooleanOptionalAction, default=defaults.train_embedding,
-                   help="LoRA proof: also train the trigger word's embedding (pivotal tuning)")
-    p.add_argument("--lora-embedding-lr", type=float, default=defaults.embedding_learning_rate,
-                   help="LoRA proof: learning rate of the trigger embedding")
-    p.add_argument("--lora-embedding-init", default=defaults.embedding_init,
-                   help="LoRA proof: word(s) the trigger embedding starts from ('': 'star' itself)")
-    p.add_argument("--lora-subject-weight", type=float, default=defaults.subject_weight,
-                   help="LoRA proof: loss weight on the objects' pixels (1 = even)")
-    p.add_argument("--lora-precision", choices=("no", "bf16"), default=defaults.mixed_precision,
-                   help="LoRA proof: mixed precision")
-    p.add_argument("--lora-images", type=int, default=defaults.images, help="LoRA proof: training images of stars")
-    p.add_argument("--lora-balanced", action=argparse.BooleanOptionalAction, default=defaults.balanced,
-                   help="LoRA proof: every colour equally often in the training images, each in both sizes")
-    p.add_argument("--lora-eval-prompts", type=int, default=defaults.eval_prompts,
-                   help="LoRA proof: star prompts, and prompts of other concepts, scored before and after")
-    p.add_argument("--lora-skip-blocks", default=defaults.skip_blocks,
-                   help="LoRA proof: comma list of UNet blocks left without LoRA (e.g. up_blocks.2)")
-    p.add_argument("--lora-out", default="", help="LoRA proof: keep the LoRA and before/after contact sheets here")
+    for flag, field, options in LORA_RECIPE_FLAGS:
+        p.add_argument(flag, dest=field, default=getattr(defaults, field), **options)
     args = p.parse_args(argv)
+    recipe = LoraProofRecipe(**{field: getattr(args, field) for _, field, _ in LORA_RECIPE_FLAGS})
+    return args, replace(recipe, minutes=1.0) if args.quick else recipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, recipe = parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
         skip |= {"generation", "cache", "adherence", "lora"}
@@ -426,17 +439,7 @@ def main(argv: list[str] | None = None) -> None:
             ("coldstart", lambda: bench_cold_start(tmp)),
             ("gallery", lambda: bench_gallery(tmp, 10_000 if args.quick else 100_000)),
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
-            ("lora", lambda: bench_lora(tmp / "l", LoraProofRecipe(
-                minutes=1.0 if args.quick else args.lora_minutes, rank=args.lora_rank, learning_rate=args.lora_lr,
-                max_steps=args.lora_steps, regularization_share=args.lora_reg_share,
-                train_text_encoder=args.lora_text_encoder,
-                text_encoder_learning_rate=args.lora_text_encoder_lr, flip=args.lora_flip,
-                loraplus_lr_ratio=args.lora_plus_ratio, caption_dropout=args.lora_caption_dropout,
-                train_embedding=args.lora_embedding, embedding_learning_rate=args.lora_embedding_lr,
-                embedding_init=args.lora_embedding_init,
-                train_conv=args.lora_conv, train_attention=args.lora_attention, subject_weight=args.lora_subject_weight,
-                mixed_precision=args.lora_precision, images=args.lora_images, balanced=args.lora_balanced,
-                eval_prompts=args.lora_eval_prompts, skip_blocks=args.lora_skip_blocks, out=args.lora_out))),
+            ("lora", lambda: bench_lora(tmp / "l", recipe)),
         ]
         for name, run in sections:
             if name not in skip:

@@ -31,7 +31,7 @@ class Settings:
     max_batch_size: int = 8
     max_batch_count: int = 16
     inbrowser: bool = False
-    warm_up: bool = True  # load the selected model and run one step in the background at start
+    warm_up: bool = True  # load and run the selected model in the background at start (GenerationService.warm_up)
     extra: dict = field(default_factory=dict)
 
     @property
