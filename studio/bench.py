@@ -232,6 +232,7 @@ class LoraProofRecipe:
     images: int = 30  # training images of stars
     balanced: bool = False  # every colour equally often, each in both sizes (else drawn at random)
     skip_blocks: str = ""  # comma list of UNet blocks left without LoRA
+    phrasings: int = 1  # caption variants per star image (its caption, then the world's varied phrasings)
 
 
 BOOL = argparse.BooleanOptionalAction
@@ -274,6 +275,9 @@ LORA_RECIPE_FLAGS = (  # the bench command's flag for each LoraProofRecipe field
      dict(type=int, help="LoRA proof: star prompts, and prompts of other concepts, scored before and after")),
     ("--lora-skip-blocks", "skip_blocks",
      dict(help="LoRA proof: comma list of UNet blocks left without LoRA (e.g. up_blocks.2)")),
+    ("--lora-phrasings", "phrasings",
+     dict(type=int, help="LoRA proof: phrasings per star caption (1: the caption alone; more: varied phrasings as "
+                         "caption variants)")),
     ("--lora-out", "out", dict(help="LoRA proof: keep the LoRA and before/after contact sheets here")),
 )
 
@@ -287,13 +291,13 @@ def _save_sheet(pairs: list, path: Path) -> None:
     make_image_grid(images, rows=len(images) // 8, cols=8).save(path)
 
 
-def _world_samples(folder: Path, scenes, cutouts: bool = False) -> list:
+def _world_samples(folder: Path, scenes, cutouts: bool = False, phrasings: int = 1) -> list:
     """Render (scene) -> png + caption as training samples; `cutouts`: the objects' pixels marked in the alpha
-    channel (for the trainer's subject weight)."""
+    channel (for the trainer's subject weight); `phrasings` > 1: the caption holds that many variants."""
     from PIL import ImageChops
 
     from training.lora_trainer import TrainingSample
-    from training.world import render
+    from training.world import caption_phrasings, render
 
     folder.mkdir(parents=True, exist_ok=True)
     samples = []
@@ -303,7 +307,8 @@ def _world_samples(folder: Path, scenes, cutouts: bool = False) -> list:
             objects = ImageChops.difference(image, render(replace(scene, objects=()))).convert("L")
             image.putalpha(objects.point(lambda v: 255 if v else 0))
         image.save(folder / f"{n:04d}.png")
-        samples.append(TrainingSample(str(folder / f"{n:04d}.png"), scene.caption))
+        caption = " | ".join(caption_phrasings(scene, phrasings, seed=n)) if phrasings > 1 else scene.caption
+        samples.append(TrainingSample(str(folder / f"{n:04d}.png"), caption))
     return samples
 
 
@@ -346,7 +351,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     cutouts = recipe.subject_weight != 1
     scenes = (concept_dataset(recipe.images, "star") if recipe.balanced
               else [concept_scene(seed, "star") for seed in range(recipe.images)])
-    samples = _world_samples(tmp / "stars", scenes, cutouts)
+    samples = _world_samples(tmp / "stars", scenes, cutouts, recipe.phrasings)
     # regularization images: scenes of what the base model already knows (its own world, unseen seeds)
     prior = _world_samples(tmp / "prior", [sample_scene(3_000_000 + seed) for seed in range(240)], cutouts)
     stars = concept_prompt_set("star", recipe.eval_prompts)

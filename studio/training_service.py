@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipelines.embeddings import sidecar_path, trigger_embeddings, use_trigger_tokens
 from studio.errors import BusyError, StudioError, ValidationError, check_range
+from training.captions import caption_variants
 from training.lora_trainer import (LR_SCHEDULERS, PRECISIONS, LoraTrainer, LoraTrainingConfig, TrainingEvent,
                                    TrainingSample, list_checkpoints, saved_loss_history)
 
@@ -85,7 +86,7 @@ def lora_layers(choice: str) -> dict[str, bool]:
 
 def _uncaptioned(items: list[DatasetItem]) -> list[str]:
     """File names of the items whose caption is empty."""
-    return [Path(i.path).name for i in items if not i.caption.strip()]
+    return [Path(i.path).name for i in items if not caption_variants(i.caption)]
 
 
 def _install(source: str | Path, target: Path) -> None:
@@ -157,7 +158,7 @@ class TrainingService:
                 continue
             text = (captions or {}).get(str(path))
             if text is None and path.with_suffix(".txt").exists():
-                text = path.with_suffix(".txt").read_text().strip()
+                text = " | ".join(caption_variants(path.with_suffix(".txt").read_text()))  # one line per variant
             items.append(DatasetItem(str(path), text or ""))
         return items, skipped
 
@@ -166,8 +167,11 @@ class TrainingService:
         trigger = trigger.strip()
         if not trigger:
             return items
-        return [replace(i, caption=i.caption if i.caption.startswith(trigger) else
-                        f"{trigger}, {i.caption}".strip(", ")) for i in items]
+        def tagged(caption: str) -> str:
+            return caption if caption.startswith(trigger) else f"{trigger}, {caption}".strip(", ")
+
+        return [replace(i, caption=" | ".join(tagged(v) for v in caption_variants(i.caption) or [""]))
+                for i in items]
 
     # ------------------------------------------------------------------ presets
     def presets(self) -> dict[str, dict]:

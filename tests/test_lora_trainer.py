@@ -211,6 +211,28 @@ def test_caption_dropout_empties_that_share_of_captions(tiny_base, star_samples)
     assert kept._captions(idx, random.Random(0)) == [star_samples[i].caption for i in idx]
 
 
+def test_caption_variants_each_train_and_plain_captions_keep_the_random_stream(tiny_base, star_samples):
+    """A caption holding several phrasings ("|" or one per line) trains on each of them, picked at random; a
+    plain caption is used as is and draws nothing from the random stream."""
+    from training.captions import caption_variants, mirror_caption, pick_variant
+
+    assert caption_variants(" a red star |a star, red\n\n red star on blue | ") == [
+        "a red star", "a star, red", "red star on blue"]
+    assert caption_variants("a red star") == ["a red star"] and caption_variants("  ") == []
+    rng = random.Random(5)
+    assert pick_variant("a red star", rng) == "a red star" and rng.random() == random.Random(5).random()
+    varied = [TrainingSample(s.image_path, f"{s.caption} | {s.caption}, again\n{s.caption} too")
+              for s in star_samples]
+    trainer = LoraTrainer(config(tiny_base), varied, Path("unused"))
+    idx = list(range(len(varied))) * 30
+    seen = {}
+    for i, caption in zip(idx, trainer._captions(idx, random.Random(0))):
+        seen.setdefault(i, set()).add(caption)
+    assert all(seen[i] == set(caption_variants(varied[i].caption)) for i in seen)
+    mirrored = trainer._captions(idx[:len(varied)], random.Random(1), [True] * len(varied))
+    assert all(c in {mirror_caption(v) for v in caption_variants(varied[i].caption)} for i, c in enumerate(mirrored))
+
+
 def test_trigger_embedding_starts_from_the_chosen_words(tiny_base):
     from diffusers import StableDiffusionPipeline
 

@@ -55,6 +55,19 @@ def test_dataset_skips_corrupt_images_and_reads_captions(services, star_folder):
     assert all(i.caption.startswith("sks, ") for i in tagged)
 
 
+def test_caption_files_with_several_lines_become_phrasing_variants(services, star_folder, tmp_path):
+    """A .txt with one phrasing per line reads as "|"-separated variants; the trigger word goes on each."""
+    import shutil
+
+    shutil.copy(star_folder / "0.png", tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a red star\n\nstar, red, on blue\n")
+    items, _ = services.training.load_dataset([str(tmp_path / "a.png")])
+    assert items[0].caption == "a red star | star, red, on blue"
+    tagged = services.training.add_trigger(items, "sks")
+    assert tagged[0].caption == "sks, a red star | sks, star, red, on blue"
+    assert services.training.add_trigger(tagged, "sks") == tagged
+
+
 @pytest.mark.parametrize("overrides,field", [
     ({"rank": 0}, "rank"), ({"learning_rate": 5.0}, "learning_rate"), ({"max_steps": 0}, "max_steps"),
     ({"name": "../evil"}, "name"), ({"lr_scheduler": "magic"}, "lr_scheduler"),

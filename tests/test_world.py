@@ -57,3 +57,14 @@ def test_concept_dataset_balances_colours_sizes_and_positions():
     assert Counter((o.colour, o.size) for o in objects) == {(c, z): 2 for c in COLOURS for z in ("small", "large")}
     positions = Counter(o.position for o in objects)
     assert set(positions) == set(POSITIONS) and set(positions.values()) <= {6, 7}
+
+
+def test_caption_phrasings_start_with_the_caption_and_vary_the_rest():
+    from training.world import caption_phrasings
+
+    scene = concept_scene(3, "star")
+    phrasings = caption_phrasings(scene, 8, seed=2)
+    assert phrasings == caption_phrasings(scene, 8, seed=2) and phrasings != caption_phrasings(scene, 8, seed=3)
+    assert phrasings[0] == scene.caption and len(phrasings) == 8 and len(set(phrasings)) >= 3
+    assert all("star" in p and "|" not in p and "\n" not in p for p in phrasings)  # no variant separators inside
+    assert caption_phrasings(scene, 1) == [scene.caption]

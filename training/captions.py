@@ -1,10 +1,27 @@
-"""Caption edits that follow an image augmentation."""
+"""Caption handling shared by the trainer and the dataset tools: phrasing variants and flip-aware edits."""
 
 from __future__ import annotations
 
+import random
 import re
 
 _SIDES = re.compile(r"\b(left|right)(?=\b|-)", re.IGNORECASE)
+_VARIANT_BREAK = re.compile(r"\s*(?:\n|\|)\s*")
+
+
+def caption_variants(caption: str) -> list[str]:
+    """The phrasings a caption holds: one per line (a caption .txt file) or separated by "|" (the caption
+    table); empty pieces are dropped. A plain caption is its own single variant."""
+    return [part for part in _VARIANT_BREAK.split(caption.strip()) if part]
+
+
+def pick_variant(caption: str, rng: random.Random) -> str:
+    """One phrasing of the caption, drawn with `rng` only when there are several (a plain caption leaves the
+    random stream untouched, so runs without variants stay reproducible)."""
+    variants = caption_variants(caption)
+    if len(variants) < 2:
+        return variants[0] if variants else ""
+    return variants[rng.randrange(len(variants))]
 
 
 def mirror_caption(caption: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from training.captions import mirror_caption
+from training.captions import mirror_caption, pick_variant
 from training.noise_levels import sample_timesteps
 
 LR_SCHEDULERS = ("constant", "cosine", "linear")
@@ -393,10 +393,10 @@ class LoraTrainer:
         return cache
 
     def _captions(self, idx: list[int], rng: random.Random, mirrored: list[bool] | None = None) -> list[str]:
-        """Captions of the picked images ("left"/"right" swapped where the image was mirrored); each replaced by
-        "" with probability `caption_dropout`."""
-        captions = [mirror_caption(self.all_samples[i].caption) if m else self.all_samples[i].caption
-                    for i, m in zip(idx, mirrored or [False] * len(idx))]
+        """Captions of the picked images: one of each caption's phrasing variants at random, "left"/"right"
+        swapped where the image was mirrored, and replaced by "" with probability `caption_dropout`."""
+        captions = [pick_variant(self.all_samples[i].caption, rng) for i in idx]
+        captions = [mirror_caption(c) if m else c for c, m in zip(captions, mirrored or [False] * len(idx))]
         if self.config.caption_dropout > 0:
             captions = ["" if rng.random() < self.config.caption_dropout else c for c in captions]
         return [self.embedding.rewrite(c) for c in captions] if self.embedding else captions

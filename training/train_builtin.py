@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from training import builtin_model as bm
 from training.noise_levels import sample_timesteps
-from training.world import (COLOURS, PATTERNS, SHAPES, caption_count, caption_single, caption_two, moved, render,
-                           sample_scene, sprinkle_words)
+from training.world import (COLOURS, PATTERNS, SHAPES, caption_single, moved, render, sample_scene, sprinkle_words,
+                           varied_caption)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -229,11 +229,7 @@ class Trainer:
         a = self.args
         if allow_empty and rng.random() < a.empty_caption:
             return ""
-        if scene.kind == "single":
-            text = caption_single(scene, rng, 0.15, shuffle=rng.random() < a.caption_shuffle)
-        else:
-            text = {"two": caption_two, "count": caption_count}[scene.kind](scene, rng)
-        return sprinkle_words(text, rng) if rng.random() < a.caption_noise else text
+        return varied_caption(scene, rng, 0.15, a.caption_shuffle, a.caption_noise)
 
     def encode_text(self, te, captions: list[str]) -> torch.Tensor:
         ids = self.tokenizer(captions, padding="max_length", max_length=bm.MAX_TOKENS, truncation=True,

@@ -198,6 +198,26 @@ def caption_count(scene: Scene, rng: random.Random) -> str:
     return f"{COUNT_WORDS[n]} {noun.split(' ', 1)[1] if n == 1 else noun} {_bg_phrase(scene.background, scene.pattern, rng)}"
 
 
+def varied_caption(scene: Scene, rng: random.Random, drop: float = 0.15, shuffle: float = 0.3,
+                   noise: float = 0.3) -> str:
+    """A fresh phrasing of the scene's caption, as the built-in model trains on: single-object captions drop
+    each attribute with probability `drop` and put their phrases in any order a `shuffle` share of the time;
+    a `noise` share gets filler words (sprinkle_words)."""
+    if scene.kind == "single":
+        text = caption_single(scene, rng, drop, shuffle=rng.random() < shuffle)
+    else:
+        text = {"two": caption_two, "count": caption_count}[scene.kind](scene, rng)
+    return sprinkle_words(text, rng) if rng.random() < noise else text
+
+
+def caption_phrasings(scene: Scene, n: int, seed: int = 0, drop: float = 0.1, shuffle: float = 0.5,
+                      noise: float = 0.3) -> list[str]:
+    """`n` phrasings of a scene for a training caption's variants: its own caption first, then n - 1
+    varied_caption draws (deterministic for a seed)."""
+    rng = random.Random(seed)
+    return [scene.caption] + [varied_caption(scene, rng, drop, shuffle, noise) for _ in range(n - 1)]
+
+
 # ---------------------------------------------------------------- scene sampling
 
 def _pick_colours(rng: random.Random, n: int, exclude: str) -> list[str]:

@@ -52,7 +52,8 @@ def create_tab(services):
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 with gr.Accordion("1 · Dataset", open=True):
-                    uploads = gr.File(label="Images (a .txt beside an image is read as its caption)",
+                    uploads = gr.File(label="Images (a .txt beside an image is read as its caption, one phrasing "
+                                            "per line)",
                                       file_count="multiple", type="filepath", elem_id="train-upload")
                     with gr.Row():
                         folder = gr.Textbox(label="…or a folder on this machine", scale=4)
@@ -75,7 +76,9 @@ def create_tab(services):
                                                  elem_id="train-autocaption")
                     dataset_info = gr.Markdown("Dataset: 0 images")
                     table = gr.Dataframe(headers=["image", "caption"], datatype=["str", "str"], interactive=True,
-                                         label="Captions (edit in place)", wrap=True, elem_id="train-captions",
+                                         label="Captions (edit in place; separate several phrasings of one image "
+                                               "with |: each step trains on one of them)",
+                                         wrap=True, elem_id="train-captions",
                                          static_columns=[0])
                     grid = gr.Gallery(label="Dataset", columns=8, height=200, interactive=False)
                 with gr.Accordion("2 · Parameters", open=True):
