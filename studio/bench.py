@@ -175,6 +175,8 @@ def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int, tar
     from peft import LoraConfig
     from PIL import Image
 
+    from training.captions import caption_variants
+
     pipe = StableDiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
@@ -191,8 +193,9 @@ def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int, tar
         with torch.no_grad():
             lat = pipe.vae.encode(torch.stack([images[i] for i in idx])).latent_dist.sample()
             lat = lat * pipe.vae.config.scaling_factor
-        ids = pipe.tokenizer([samples[i].caption for i in idx], padding="max_length", truncation=True,
-                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        ids = pipe.tokenizer([caption_variants(samples[i].caption)[0] for i in idx], padding="max_length",
+                             truncation=True, max_length=pipe.tokenizer.model_max_length,
+                             return_tensors="pt").input_ids
         noise = torch.randn_like(lat)
         t = torch.randint(0, 1000, (batch,))
         target = noise_sched.get_velocity(lat, noise, t) if noise_sched.config.prediction_type == "v_prediction" \
@@ -228,11 +231,11 @@ class LoraProofRecipe:
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
     mixed_precision: str = "no"
     out: str = ""  # a folder that keeps the LoRA file and before/after contact sheets of the star prompts
-    eval_prompts: int = 24  # star prompts, and prompts of other concepts, scored before and after
+    eval_prompts: int = 48  # star prompts, and prompts of other concepts, scored before and after
     images: int = 30  # training images of stars
     balanced: bool = False  # every colour equally often, each in both sizes (else drawn at random)
     skip_blocks: str = ""  # comma list of UNet blocks left without LoRA
-    phrasings: int = 1  # caption variants per star image (its caption, then the world's varied phrasings)
+    phrasings: int = 8  # caption variants per star image (its caption, then the world's varied phrasings)
 
 
 BOOL = argparse.BooleanOptionalAction

@@ -9,6 +9,7 @@ import gradio as gr
 from studio.errors import ValidationError
 from studio.training_service import LORA_LAYERS, DatasetItem, lora_layers, parse_skip_blocks
 from studio.ui.errors import user_errors
+from training.captions import caption_variants
 from training.curves import smooth
 from training.lora_trainer import LR_SCHEDULERS, PRECISIONS, LoraTrainingConfig
 
@@ -175,7 +176,10 @@ def create_tab(services):
 
     def show_dataset(items, skipped=()):
         rows = [[_row_label(n, i.path), i.caption] for n, i in enumerate(items)]
-        text = f"Dataset: **{len(items)}** images, {sum(1 for i in items if i.caption.strip())} captioned"
+        variants = [len(caption_variants(i.caption)) for i in items]
+        text = f"Dataset: **{len(items)}** images, {sum(1 for v in variants if v)} captioned"
+        if sum(variants) > sum(1 for v in variants if v):
+            text += f" ({sum(variants)} phrasings)"
         if skipped:
             text += f" · skipped {len(skipped)} unreadable: " + ", ".join(skipped[:5])
         return items, rows, [i.path for i in items[:64]], text
