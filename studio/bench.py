@@ -300,6 +300,7 @@ def _world_samples(folder: Path, scenes, cutouts: bool = False, phrasings: int =
     from PIL import ImageChops
 
     from training.lora_trainer import TrainingSample
+    from training.captions import join_variants
     from training.world import caption_phrasings, render
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -310,8 +311,8 @@ def _world_samples(folder: Path, scenes, cutouts: bool = False, phrasings: int =
             objects = ImageChops.difference(image, render(replace(scene, objects=()))).convert("L")
             image.putalpha(objects.point(lambda v: 255 if v else 0))
         image.save(folder / f"{n:04d}.png")
-        caption = " | ".join(caption_phrasings(scene, phrasings, seed=n)) if phrasings > 1 else scene.caption
-        samples.append(TrainingSample(str(folder / f"{n:04d}.png"), caption))
+        samples.append(TrainingSample(str(folder / f"{n:04d}.png"),
+                                      join_variants(caption_phrasings(scene, phrasings, seed=n))))
     return samples
 
 

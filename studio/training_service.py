@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipelines.embeddings import sidecar_path, trigger_embeddings, use_trigger_tokens
 from studio.errors import BusyError, StudioError, ValidationError, check_range
-from training.captions import caption_variants
+from training.captions import caption_variants, join_variants
 from training.lora_trainer import (LR_SCHEDULERS, PRECISIONS, LoraTrainer, LoraTrainingConfig, TrainingEvent,
                                    TrainingSample, list_checkpoints, saved_loss_history)
 
@@ -158,7 +158,7 @@ class TrainingService:
                 continue
             text = (captions or {}).get(str(path))
             if text is None and path.with_suffix(".txt").exists():
-                text = " | ".join(caption_variants(path.with_suffix(".txt").read_text()))  # one line per variant
+                text = join_variants(caption_variants(path.with_suffix(".txt").read_text()))  # a line per variant
             items.append(DatasetItem(str(path), text or ""))
         return items, skipped
 
@@ -170,7 +170,7 @@ class TrainingService:
         def tagged(caption: str) -> str:
             return caption if caption.startswith(trigger) else f"{trigger}, {caption}".strip(", ")
 
-        return [replace(i, caption=" | ".join(tagged(v) for v in caption_variants(i.caption) or [""]))
+        return [replace(i, caption=join_variants(tagged(v) for v in caption_variants(i.caption) or [""]))
                 for i in items]
 
     # ------------------------------------------------------------------ presets

@@ -214,11 +214,12 @@ def test_caption_dropout_empties_that_share_of_captions(tiny_base, star_samples)
 def test_caption_variants_each_train_and_plain_captions_keep_the_random_stream(tiny_base, star_samples):
     """A caption holding several phrasings ("|" or one per line) trains on each of them, picked at random; a
     plain caption is used as is and draws nothing from the random stream."""
-    from training.captions import caption_variants, mirror_caption, pick_variant
+    from training.captions import caption_variants, join_variants, mirror_caption, pick_variant
 
     assert caption_variants(" a red star |a star, red\n\n red star on blue | ") == [
         "a red star", "a star, red", "red star on blue"]
     assert caption_variants("a red star") == ["a red star"] and caption_variants("  ") == []
+    assert caption_variants(join_variants(["a red star", "star, red"])) == ["a red star", "star, red"]
     rng = random.Random(5)
     assert pick_variant("a red star", rng) == "a red star" and rng.random() == random.Random(5).random()
     varied = [TrainingSample(s.image_path, f"{s.caption} | {s.caption}, again\n{s.caption} too")

@@ -15,6 +15,11 @@ def caption_variants(caption: str) -> list[str]:
     return [part for part in _VARIANT_BREAK.split(caption.strip()) if part]
 
 
+def join_variants(variants) -> str:
+    """One caption holding these phrasings, in the caption table's form (the inverse of caption_variants)."""
+    return " | ".join(variants)
+
+
 def pick_variant(caption: str, rng: random.Random) -> str:
     """One phrasing of the caption, drawn with `rng` only when there are several (a plain caption leaves the
     random stream untouched, so runs without variants stay reproducible)."""

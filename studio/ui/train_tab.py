@@ -177,9 +177,10 @@ def create_tab(services):
     def show_dataset(items, skipped=()):
         rows = [[_row_label(n, i.path), i.caption] for n, i in enumerate(items)]
         variants = [len(caption_variants(i.caption)) for i in items]
-        text = f"Dataset: **{len(items)}** images, {sum(1 for v in variants if v)} captioned"
-        if sum(variants) > sum(1 for v in variants if v):
-            text += f" ({sum(variants)} phrasings)"
+        captioned, phrasings = sum(1 for v in variants if v), sum(variants)
+        text = f"Dataset: **{len(items)}** images, {captioned} captioned"
+        if phrasings > captioned:
+            text += f" ({phrasings} phrasings)"
         if skipped:
             text += f" · skipped {len(skipped)} unreadable: " + ", ".join(skipped[:5])
         return items, rows, [i.path for i in items[:64]], text
