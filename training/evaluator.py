@@ -18,10 +18,11 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import permutations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
 from training.world import (BASE_PATTERNS, BASE_SHAPES, COLOURS, COUNT_WORDS, IMAGE_SIZE, PATTERN_TINT,
@@ -62,6 +63,7 @@ MIN_COMPONENT_PX = 30              # smaller components are noise
 MIN_CORE_PX = 12                   # ... and so are components with less left after a 2-pixel erosion
 FOREGROUND_MIN_DIST = 40.0         # RGB distance a foreground pixel keeps from the background..tint segment
 SIZE_SPLIT = (SIZES["small"] + SIZES["large"]) / 2   # radius threshold between small and large
+GENERATED_BLUR_PX = 2.0            # Gaussian blur (sigma, px) that stands for the VAE's softening of outlines
 # area of each world shape in units of r^2 (geometry of world._shape_points), to turn area into a radius
 AREA_PER_R2 = {"circle": np.pi, "square": 1.72 ** 2, "triangle": 0.5 * 1.9 * 1.75,
                "star": 5 * 0.45 * np.sin(np.pi / 5)}
@@ -258,28 +260,42 @@ def _segment_distance(pixels: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple
     return np.linalg.norm(pixels - (a + t[..., None] * ab), axis=-1), t
 
 
-def _template_mask(name: str, w: int, h: int, ss: int = 4) -> np.ndarray:
-    """Coverage (0..1) of a shape template stretched to a w x h box."""
-    canvas = Image.new("L", (w * ss, h * ss), 0)
+def _draw_template(name: str, w: int, h: int, pad: int = 0, ss: int = 4) -> np.ndarray:
+    """Coverage (0..1) of a shape template stretched to a w x h box, inside a `pad`-pixel margin."""
+    canvas = Image.new("L", ((w + 2 * pad) * ss, (h + 2 * pad) * ss), 0)
     draw = ImageDraw.Draw(canvas)
+    box = [(pad + x * w) * ss for x in (0, 1)], [(pad + y * h) * ss for y in (0, 1)]
     if TEMPLATES[name] is None:
-        draw.ellipse([0, 0, w * ss - 1, h * ss - 1], fill=255)
+        draw.ellipse([box[0][0], box[1][0], box[0][1] - 1, box[1][1] - 1], fill=255)
     else:
-        draw.polygon([(x * w * ss, y * h * ss) for x, y in TEMPLATES[name]], fill=255)
-    return np.asarray(canvas.resize((w, h), Image.BOX), dtype=np.float32) / 255
+        draw.polygon([((pad + x * w) * ss, (pad + y * h) * ss) for x, y in TEMPLATES[name]], fill=255)
+    return np.asarray(canvas.resize((w + 2 * pad, h + 2 * pad), Image.BOX), dtype=np.float32) / 255
+
+
+@lru_cache(maxsize=4096)
+def _template_masks(name: str, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """A template stretched to a w x h box, crisp and as a decoded image draws it: blurred by GENERATED_BLUR_PX,
+    cut at half coverage (points shorten, a star's notches fill) and stretched back to w x h."""
+    pad = int(3 * GENERATED_BLUR_PX) + 1
+    coverage = Image.fromarray((_draw_template(name, w, h, pad) * 255).astype(np.uint8))
+    blurred = np.asarray(coverage.filter(ImageFilter.GaussianBlur(GENERATED_BLUR_PX)), dtype=np.float32) > 127.5
+    ys, xs = np.nonzero(blurred)
+    cut = Image.fromarray(blurred[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8) * 255)
+    soft = np.asarray(cut.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255
+    return _draw_template(name, w, h), soft
 
 
 def classify_shape(mask: np.ndarray) -> str:
     """Shape of a binary blob: the template (circle, square, triangle, star) with the best IoU when stretched
-    to the blob's bounding box. On world renders the right template scores >= 0.87 and any other <= 0.82
-    (square vs circle is the closest call); squashed or rounded generated blobs land on the nearest shape."""
+    to the blob's bounding box, crisp or blurred. On world renders the right template scores >= 0.87 and any
+    other <= 0.82 (square vs circle is the closest call). Decoded images are blurred by the VAE: small stars come
+    back with filled notches that the crisp star template reads as a circle (6 of 30 VAE round trips), and all
+    30 read right against the blurred one; squashed or rounded generated blobs land on the nearest shape."""
     ys, xs = np.nonzero(mask)
     crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
     h, w = crop.shape
-    ious = {}
-    for name in TEMPLATES:
-        t = _template_mask(name, w, h)
-        ious[name] = float(np.minimum(crop, t).sum() / max(np.maximum(crop, t).sum(), 1e-6))
+    ious = {name: max(float(np.minimum(crop, t).sum() / max(np.maximum(crop, t).sum(), 1e-6))
+                      for t in _template_masks(name, w, h)) for name in TEMPLATES}
     best = max(ious, key=ious.get)
     return "triangle" if best == "triangle_down" else best
 

@@ -79,8 +79,8 @@ def create_tab(services):
                     table = gr.Dataframe(headers=["image", "caption"], datatype=["str", "str"], interactive=True,
                                          label="Captions (edit in place; separate several phrasings of one image "
                                                "with |: each step trains on one of them)",
-                                         wrap=True, elem_id="train-captions",
-                                         static_columns=[0])
+                                         wrap=True, elem_id="train-captions", static_columns=[0],
+                                         column_widths=["22%", "78%"])
                     grid = gr.Gallery(label="Dataset", columns=8, height=200, interactive=False)
                 with gr.Accordion("2 · Parameters", open=True):
                     with gr.Row():
