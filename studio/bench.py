@@ -216,7 +216,7 @@ class LoraProofRecipe:
     minutes: float = 15.0
     rank: int = 16
     learning_rate: float = 1e-3
-    max_steps: int = 0  # 0: as many as fit the minutes on this machine (measured by a short calibration run)
+    max_steps: int = 1200  # past it the other concepts fade; 0: as many as fit the minutes (a calibration run)
     regularization_share: float = 0.5
     train_text_encoder: bool = False
     text_encoder_learning_rate: float = 0.0  # 0: the UNet LoRA's rate
@@ -226,7 +226,7 @@ class LoraProofRecipe:
     train_conv: bool = True  # LoCon: convolutions and feed-forward layers too
     train_attention: bool = False  # the attention projections (off: convolutions only, which keeps the others)
     train_embedding: bool = True  # pivotal tuning of the trigger word "star"
-    embedding_learning_rate: float = 5e-3
+    embedding_learning_rate: float = 4e-2  # far from the start word quickly: the other concepts keep their shapes
     embedding_init: str = "triangle"  # word(s) the trigger embedding starts from ("": "star" itself)
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
     mixed_precision: str = "no"
