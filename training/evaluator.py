@@ -264,9 +264,8 @@ def _draw_template(name: str, w: int, h: int, pad: int = 0, ss: int = 4) -> np.n
     """Coverage (0..1) of a shape template stretched to a w x h box, inside a `pad`-pixel margin."""
     canvas = Image.new("L", ((w + 2 * pad) * ss, (h + 2 * pad) * ss), 0)
     draw = ImageDraw.Draw(canvas)
-    box = [(pad + x * w) * ss for x in (0, 1)], [(pad + y * h) * ss for y in (0, 1)]
     if TEMPLATES[name] is None:
-        draw.ellipse([box[0][0], box[1][0], box[0][1] - 1, box[1][1] - 1], fill=255)
+        draw.ellipse([pad * ss, pad * ss, (pad + w) * ss - 1, (pad + h) * ss - 1], fill=255)
     else:
         draw.polygon([((pad + x * w) * ss, (pad + y * h) * ss) for x, y in TEMPLATES[name]], fill=255)
     return np.asarray(canvas.resize((w + 2 * pad, h + 2 * pad), Image.BOX), dtype=np.float32) / 255
