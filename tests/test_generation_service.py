@@ -28,7 +28,7 @@ def test_every_sampler_makes_an_image(services, sampler):
     assert Image.open(result.images[0].path).size == (64, 64)
 
 
-def test_studio_matches_raw_diffusers_pixel_for_pixel(services, tiny_models_dir):
+def test_studio_matches_raw_diffusers_to_float_rounding(services, tiny_models_dir):
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -38,7 +38,10 @@ def test_studio_matches_raw_diffusers_pixel_for_pixel(services, tiny_models_dir)
     raw.scheduler = make_scheduler("Euler", dict(raw.scheduler.config))
     expected = raw("a red circle", num_inference_steps=3, guidance_scale=7.0, width=64, height=64,
                    generator=torch.Generator("cpu").manual_seed(123)).images[0]
-    assert np.array_equal(np.asarray(Image.open(result.images[0].path)), np.asarray(expected))
+    # the studio's channels-last UNet may round a last bit differently on some CPUs (AVX-512 kernels): at most one
+    # level in a few pixels, never a different image
+    diff = np.abs(np.asarray(Image.open(result.images[0].path), dtype=int) - np.asarray(expected, dtype=int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.001, (diff.max(), (diff > 0).mean())
 
 
 def test_modes_share_weights_without_reloading(services):
