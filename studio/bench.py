@@ -229,6 +229,7 @@ class LoraProofRecipe:
     embedding_learning_rate: float = 4e-2  # far from the start word quickly: the other concepts keep their shapes
     embedding_init: str = "triangle"  # word(s) the trigger embedding starts from ("": "star" itself)
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
+    min_snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (0 = off; 5 cut duplicates but taught no star shape)
     mixed_precision: str = "no"
     out: str = ""  # a folder that keeps the LoRA file and before/after contact sheets of the star prompts
     eval_prompts: int = 48  # star prompts, and prompts of other concepts, scored before and after
@@ -270,6 +271,7 @@ LORA_RECIPE_FLAGS = (  # the bench command's flag for each LoraProofRecipe field
      dict(help="LoRA proof: word(s) the trigger embedding starts from ('': 'star' itself)")),
     ("--lora-subject-weight", "subject_weight",
      dict(type=float, help="LoRA proof: loss weight on the objects' pixels (1 = even)")),
+    ("--lora-min-snr", "min_snr_gamma", dict(type=float, help="LoRA proof: Min-SNR-gamma loss weighting (0 = off)")),
     ("--lora-precision", "mixed_precision", dict(choices=("no", "bf16"), help="LoRA proof: mixed precision")),
     ("--lora-images", "images", dict(type=int, help="LoRA proof: training images of stars")),
     ("--lora-balanced", "balanced",
@@ -382,7 +384,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              train_attention=recipe.train_attention,
                              embedding_learning_rate=recipe.embedding_learning_rate,
                              embedding_init=recipe.embedding_init,
-                             subject_weight=recipe.subject_weight,
+                             subject_weight=recipe.subject_weight, min_snr_gamma=recipe.min_snr_gamma,
                              skip_blocks=parse_skip_blocks(recipe.skip_blocks),
                              mixed_precision=recipe.mixed_precision)
     if not cfg.max_steps:

@@ -447,3 +447,24 @@ def test_loraplus_puts_the_up_matrices_at_a_multiple_of_the_learning_rate(tiny_b
     trainable = sum(p.requires_grad for m in (pipe.unet, pipe.text_encoder) for p in m.parameters())
     assert sum(len(g["params"]) for g in groups) == trainable
     assert trainer.run().kind == "done"
+
+
+def test_min_snr_weights_follow_the_formula_and_a_run_trains_with_them(tiny_base, star_samples, tmp_path):
+    import torch
+    from diffusers import DDPMScheduler
+
+    from training.lora_trainer import min_snr_weights
+
+    t = torch.tensor([0, 250, 500, 999])
+    for prediction in ("epsilon", "v_prediction"):
+        scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction)
+        alphas = scheduler.alphas_cumprod[t]
+        snr = alphas / (1 - alphas)
+        expected = torch.minimum(snr, torch.tensor(5.0)) / (snr + 1 if prediction == "v_prediction" else snr)
+        weights = min_snr_weights(scheduler, t, 5.0)
+        assert weights.shape == (4, 1, 1, 1)
+        assert torch.allclose(weights.flatten(), expected.float(), rtol=1e-5)
+        assert weights[0].item() < weights[2].item(), "the least noisy steps weigh less"
+    result = LoraTrainer(config(tiny_base, min_snr_gamma=5, max_steps=4, checkpoint_every=0), star_samples,
+                         tmp_path / "snr").run()
+    assert result.kind == "done" and lora_changes_output(tiny_base, result.path)

@@ -70,6 +70,7 @@ class LoraTrainingConfig:
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
     subject_weight: float = 1.0  # loss weight where an image's alpha channel marks the subject (1 = even)
+    min_snr_gamma: float = 0.0  # Min-SNR loss weighting (Hang et al. 2023, kohya's min_snr_gamma; 0 = off)
     device: str = "cpu"
 
 
@@ -135,6 +136,17 @@ def loraplus_groups(model, lr: float, ratio: float = 1.0, skip=None) -> list[dic
 def weighted_mse(pred, target, weights):
     """Mean squared error with per-cell weights (broadcast over channels)."""
     return (weights * (pred - target) ** 2).mean()
+
+
+def min_snr_weights(scheduler, t, gamma: float):
+    """Per-sample loss weights of Min-SNR-gamma: min(SNR, gamma) / SNR for noise targets, / (SNR + 1) for
+    v-prediction; evens out how much each noise level pulls on the weights (shape (n, 1, 1, 1))."""
+    import torch
+
+    alphas = scheduler.alphas_cumprod.to(t.device)[t]
+    snr = alphas / (1 - alphas).clamp(min=1e-8)
+    denominator = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr.clamp(min=1e-8)
+    return (torch.clamp(snr, max=gamma) / denominator).float()[:, None, None, None]
 
 
 def subject_mask(image):
@@ -579,6 +591,8 @@ class LoraTrainer:
                 with autocast:
                     ctx = pipe.text_encoder(ids)[0]
                     pred = pipe.unet(noisy, t, ctx).sample
+                if cfg.min_snr_gamma > 0:
+                    weights = weights * min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma)
                 loss = weighted_mse(pred.float(), target.float(), weights)
                 if not torch.isfinite(loss):
                     message = (f"loss became {loss.item()} at step {step + 1}: training stopped; the last good "

@@ -135,6 +135,10 @@ def create_tab(services):
                                                        info="loss weight where an image's alpha channel marks the "
                                                             "subject (PNG cut-outs); 1 = even")
                         with gr.Row():
+                            min_snr = gr.Number(0.0, label="Min-SNR gamma", minimum=0, maximum=20,
+                                                info="evens out the noise levels' pull on the weights (5 is usual); "
+                                                     "0 = off. Fewer duplicate objects, but a new shape learns "
+                                                     "slower")
                             precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision",
                                                     info="bf16/fp16 where the device supports it")
                             skip_blocks = gr.Textbox(label="Skip UNet blocks",
@@ -258,7 +262,7 @@ def create_tab(services):
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
                  reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
                  layers_v="attention", subject_weight_v=1.0, emb_init_v="", te_lr_v=0.0, loraplus_v=1.0,
-                 skip_blocks_v=""):
+                 skip_blocks_v="", min_snr_v=0.0):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -276,7 +280,7 @@ def create_tab(services):
                                                         if p.strip()],
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
             caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
-            **lora_layers(layers_v), subject_weight=subject_weight_v or 1.0,
+            **lora_layers(layers_v), subject_weight=subject_weight_v or 1.0, min_snr_gamma=min_snr_v or 0.0,
             trigger_word=(trigger_v or "").strip(), embedding_init=(emb_init_v or "").strip(),
             skip_blocks=parse_skip_blocks(skip_blocks_v), device=services.models.device.device,
         )
@@ -287,7 +291,7 @@ def create_tab(services):
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
                            reg_share, trigger, caption_dropout, train_emb, layers, subject_weight, emb_init, te_lr,
-                           loraplus, skip_blocks],
+                           loraplus, skip_blocks, min_snr],
                 current, api_name="train")
 
     def on_stop(run_id):
