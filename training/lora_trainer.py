@@ -142,9 +142,9 @@ def min_snr_weights(scheduler, t, gamma: float):
     """Per-sample loss weights of Min-SNR-gamma: min(SNR, gamma) / SNR for noise targets, / (SNR + 1) for
     v-prediction; evens out how much each noise level pulls on the weights (shape (n, 1, 1, 1))."""
     import torch
+    from diffusers.training_utils import compute_snr
 
-    alphas = scheduler.alphas_cumprod.to(t.device)[t]
-    snr = alphas / (1 - alphas).clamp(min=1e-8)
+    snr = compute_snr(scheduler, t)
     denominator = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr.clamp(min=1e-8)
     return (torch.clamp(snr, max=gamma) / denominator).float()[:, None, None, None]
 
