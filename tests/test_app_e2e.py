@@ -171,10 +171,25 @@ def test_browser_training_plot_gains_points_while_it_runs(served, tmp_path):
                 timeout=120_000)
             assert step_shown(page) > first > 0
             assert page.locator("#train-plot canvas, #train-plot svg").count() > 0
+            # the run list follows the run without a click on Refresh
+            page.wait_for_function("document.querySelector('#train-runs').innerText.includes('running')",
+                                   timeout=60_000)
+            # the legend (which line is raw, which smoothed) lies inside the plot's block, not clipped below it
+            page.wait_for_function("document.querySelector('#train-plot svg').textContent.includes('smoothed')",
+                                   timeout=60_000)
+            block = page.locator("#train-plot").bounding_box()
+            legend = page.locator("#train-plot svg .role-legend").first.bounding_box()
+            assert legend["y"] + legend["height"] <= block["y"] + block["height"], (legend, block)
             page.screenshot(path=str(tmp_path / "train.png"))
             page.click("#train-stop")
             page.wait_for_function("document.querySelector('#train-stats').innerText.includes('stopped')",
                                    timeout=120_000)
+            page.wait_for_function("document.querySelector('#train-runs').innerText.includes('stopped')",
+                                   timeout=60_000)
+            # the page stays responsive: other tabs open and the Train tab comes back with its plot
+            page.get_by_role("tab", name="Gallery").click()
+            page.get_by_role("tab", name="Train").click(timeout=10_000)
+            page.wait_for_selector("#train-plot svg", timeout=10_000)
         finally:
             services.training.stop()
             browser.close()

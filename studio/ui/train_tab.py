@@ -37,7 +37,9 @@ def curve_frame(losses: list[tuple[int, float]]):
     import pandas as pd
 
     if not losses:
-        return pd.DataFrame({"step": [], "loss": [], "series": []})
+        # a text-typed empty series keeps the legend categorical (raw / smoothed), not a numeric colour ramp
+        return pd.DataFrame({"step": pd.Series([], dtype=int), "loss": pd.Series([], dtype=float),
+                             "series": pd.Series([], dtype=object)})
     steps = [s for s, _ in losses]
     raw = [v for _, v in losses]
     return pd.DataFrame({"step": steps * 2, "loss": raw + smooth(raw),
@@ -155,8 +157,8 @@ def create_tab(services):
                     train = gr.Button("Train", variant="primary", elem_id="train-button", scale=3)
                     stop = gr.Button("Stop", variant="stop", elem_id="train-stop", scale=1)
                 stats = gr.Markdown("No training yet.", elem_id="train-stats")
-                plot = gr.LinePlot(curve_frame([]), x="step", y="loss", color="series", height=300,
-                                   color_map={"raw": "#c4b5fd", "smoothed": "#6d28d9"}, label="Loss",
+                plot = gr.LinePlot(curve_frame([]), x="step", y="loss", color="series", height=320,
+                                   x_axis_format="d", color_map={"raw": "#c4b5fd", "smoothed": "#6d28d9"}, label="Loss",
                                    elem_id="train-plot", x_title="step", y_title="loss")
                 validation = gr.Gallery(label="Validation images", columns=6, height=220, format="png",
                                         interactive=False, elem_id="train-validation", preview=False)
@@ -175,6 +177,7 @@ def create_tab(services):
                     compare = gr.Button("Make grid")
                     cmp_image = gr.Image(label="Checkpoints × weights", format="png", interactive=False)
         current = gr.State(None)
+        runs_shown = gr.State("")  # what the run list last showed (see poll)
         items_state = gr.State([])
         timer = gr.Timer(POLL_SECONDS, active=True)
 
@@ -300,10 +303,23 @@ def create_tab(services):
 
     stop.click(on_stop, current, stats, queue=False)
 
-    def poll(run_id):
+    def run_rows() -> list[list]:
+        """One row per run, newest first; a live run shows its current step and status, not the last saved."""
+        rows = []
+        for r in training.list_runs():
+            cfg, loss, live = r.get("config", {}), r.get("final_loss"), training.live(r["id"])
+            step, status = (live.step, live.status) if live else (r.get("step", 0), r["status"])
+            rows.append([r["id"], r["name"], status, step, f"{loss:.4f}" if loss else "",
+                         r.get("dataset_size", 0), cfg.get("rank"), cfg.get("learning_rate"), r.get("lora_path", "")])
+        return rows
+
+    def poll(run_id, shown):
+        """Every tick: the stats line, curve, validation images and log of the run this page started; the run
+        list too whenever a run's status changed or another 25 steps were done (not every tick: it would
+        reset the table's scroll)."""
         live = training.live(run_id)
         if live is None:
-            return gr.update(), gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), shown
         pct = 100 * live.step / max(1, live.total)
         text = (f"**{live.name}** · {live.status} · step **{live.step}/{live.total}** ({pct:.0f}%) · "
                 f"loss {live.losses[-1][1]:.4f} · lr {live.lr:.2e} · {live.steps_per_second:.2f} steps/s · "
@@ -312,17 +328,16 @@ def create_tab(services):
             text += f"\n\n**Error:** {live.error}"
         if live.lora_path:
             text += f"\n\nLoRA saved: `{live.lora_path}` (use `<lora:{live.name}:0.8>` in a prompt)"
-        return text, curve_frame(live.losses), [tuple(v) for v in live.validation[-16:]], "\n".join(live.log[-200:])
+        state = f"{run_id}:{live.status}:{live.step // 25}"
+        rows = run_rows() if state != shown else gr.update()
+        return (text, curve_frame(live.losses), [tuple(v) for v in live.validation[-16:]],
+                "\n".join(live.log[-200:]), rows, state)
 
-    timer.tick(poll, current, [stats, plot, validation, log_box], queue=False, show_progress="hidden")
+    timer.tick(poll, [current, runs_shown], [stats, plot, validation, log_box, runs, runs_shown], queue=False,
+               show_progress="hidden")
 
     def runs_view():
-        rows = []
-        for r in training.list_runs():
-            cfg = r.get("config", {})
-            loss = r.get("final_loss")
-            rows.append([r["id"], r["name"], r["status"], r.get("step", 0), f"{loss:.4f}" if loss else "",
-                         r.get("dataset_size", 0), cfg.get("rank"), cfg.get("learning_rate"), r.get("lora_path", "")])
+        rows = run_rows()
         ids = [r[0] for r in rows]
         return rows, gr.update(choices=ids, value=ids[0] if ids else None)
 
