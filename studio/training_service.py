@@ -261,7 +261,10 @@ class TrainingService:
         if source.kind not in ("builtin", "diffusers"):
             raise ValidationError("base model must be a diffusers folder (the built-in model or one under "
                                   "Stable-diffusion/)", "base_model")
-        cfg = self.validate(replace(cfg, base_model=source.location, base_model_id=source.id), items)
+        guidance = self.models.recommended(model_id)  # validation images look as the Generate tab would draw them
+        cfg = self.validate(replace(cfg, base_model=source.location, base_model_id=source.id,
+                                    validation_guidance=guidance["cfg_scale"],
+                                    validation_rescale=guidance["cfg_rescale"]), items)
         if cfg.regularization_share > 0 and not regularization:
             raise ValidationError("regularization share is above 0 but no regularization images were given: add "
                                   "a folder of them or set the share to 0", "regularization")
@@ -426,6 +429,7 @@ class TrainingService:
         if not weights:
             raise ValidationError("weights: give at least one LoRA weight, e.g. 0, 0.5, 1", "weights")
         rows, labels = [], []
+        guidance = self.models.recommended(cfg.base_model_id)
         with self.device_lock, self.models.pipeline(cfg.base_model_id, "txt2img") as pipe:
             for f in files:
                 pipe.load_lora_weights(str(f), adapter_name="compare")
@@ -436,7 +440,9 @@ class TrainingService:
                             pipe.set_adapters(["compare"], [w])
                             g = torch.Generator("cpu").manual_seed(seed)
                             row.append(pipe(use_trigger_tokens(prompt, words), num_inference_steps=steps,
-                                            generator=g, width=cfg.resolution, height=cfg.resolution).images[0])
+                                            guidance_scale=guidance["cfg_scale"],
+                                            guidance_rescale=guidance["cfg_rescale"], generator=g,
+                                            width=cfg.resolution, height=cfg.resolution).images[0])
                 finally:
                     pipe.delete_adapters(["compare"])
                 rows.append(row)

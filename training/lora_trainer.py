@@ -60,6 +60,8 @@ class LoraTrainingConfig:
     validation_prompts: list[str] = field(default_factory=list)
     validation_every: int = 100
     validation_steps: int = 20
+    validation_guidance: float = 7.0  # CFG scale of the validation images (the studio sets the model's own)
+    validation_rescale: float = 0.0  # CFG rescale of the validation images
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     mixed_precision: str = "no"
@@ -525,6 +527,8 @@ class LoraTrainer:
                 prompt = self.embedding.rewrite(prompt)
             with torch.no_grad():
                 image = pipe(prompt, num_inference_steps=self.config.validation_steps, generator=g,
+                             guidance_scale=self.config.validation_guidance,
+                             guidance_rescale=self.config.validation_rescale,
                              width=self.config.resolution, height=self.config.resolution).images[0]
             out.append((self.config.validation_prompts[i], image))
         return out
