@@ -157,6 +157,17 @@ def test_browser_training_plot_gains_points_while_it_runs(served, tmp_path):
         page.wait_for_function("document.body.innerText.includes('Dataset: 4 images')", timeout=60_000)
         page.get_by_role("listbox", name="Base model").click()
         page.get_by_role("option", name=TINY_MODEL_ID).click()
+        # a preset sets the advanced fields too: 'new shape' turns on the trigger embedding, 'quick' turns it off
+        page.get_by_role("listbox", name="Preset").click()
+        page.get_by_role("option", name="new shape").click()
+        page.locator("#train-advanced").get_by_text("Advanced:").click()
+        embedding_on = ("[...document.querySelectorAll('#train-advanced label')]"
+                        ".find(l => l.innerText.includes('Trigger embedding'))?.querySelector('input')?.checked")
+        page.wait_for_function(f"{embedding_on} === true", timeout=10_000)
+        assert page.get_by_label("Embedding LR").input_value() == "0.04"
+        page.get_by_role("listbox", name="Preset").click()
+        page.get_by_role("option", name="quick", exact=True).click()
+        page.wait_for_function(f"{embedding_on} === false", timeout=10_000)
         page.get_by_label("Steps", exact=True).fill("100000")
         page.get_by_label("Trigger word", exact=True).fill("sks star")
         page.get_by_role("button", name="Add to all captions").click()

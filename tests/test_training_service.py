@@ -207,6 +207,20 @@ def test_stop_and_resume_continue_the_curve(services, star_folder):
     assert live.status == "done" and [s for s, _ in live.losses] == list(range(1, stopped_at + 6))
 
 
+def test_every_builtin_preset_sets_every_field_with_valid_values(services, star_folder):
+    from studio.training_service import PRESET_FIELDS, PRESETS, lora_layers
+
+    items, _ = services.training.load_dataset([str(star_folder)])
+    for name, params in PRESETS.items():
+        assert tuple(params) == PRESET_FIELDS, name
+        layers = params["lora_layers"]
+        values = {k: v for k, v in params.items() if k != "lora_layers"}
+        checked = services.training.validate(cfg(trigger_word="star", **values, **lora_layers(layers)), items)
+        assert checked.max_steps == params["max_steps"] and checked.rank == params["rank"], name
+    shape = PRESETS["new shape"]
+    assert shape["train_embedding"] and shape["lora_layers"] == "convolutions only"
+
+
 def test_user_presets_and_epochs(services):
     services.training.save_preset("mine", {"rank": 12, "learning_rate": 3e-4})
     assert services.training.presets()["mine"] == {"rank": 12, "learning_rate": 3e-4}

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.errors import ValidationError
-from studio.training_service import LORA_LAYERS, DatasetItem, lora_layers, parse_skip_blocks
+from studio.training_service import LORA_LAYERS, PRESET_FIELDS, PRESETS, DatasetItem, lora_layers, parse_skip_blocks
 from studio.ui.errors import user_errors
 from training.captions import caption_variants
 from training.curves import smooth
@@ -87,7 +87,8 @@ def create_tab(services):
                 with gr.Accordion("2 · Parameters", open=True):
                     with gr.Row():
                         preset = gr.Dropdown(list(training.presets()), value="quick", label="Preset", scale=3,
-                                             info="quick / balanced / quality or your own: sets rank, lr, steps…")
+                                             info="quick / balanced / quality, 'new shape' (a shape the model cannot "
+                                                  "draw yet; set a trigger word) or your own")
                         preset_name = gr.Textbox(label="Save current settings as preset", scale=2)
                         save_preset = gr.Button("Save preset", scale=1)
                     with gr.Row():
@@ -129,6 +130,9 @@ def create_tab(services):
                                                   placeholder="the trigger word itself",
                                                   info="a known word close to the concept (e.g. 'triangle' for a star) "
                                                        "so the prompt's other words bind to it from the first step")
+                            emb_lr = gr.Number(5e-3, label="Embedding LR", minimum=1e-6, maximum=1,
+                                               info="high (4e-2) moves it away from its start word fast, which "
+                                                    "keeps that word's own concept intact")
                         with gr.Row():
                             jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
                             caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
@@ -239,33 +243,34 @@ def create_tab(services):
     add_trigger.click(on_trigger, [trigger, items_state], outs)
     table.input(on_table_edit, [table, items_state], items_state)
 
-    def on_preset(name):
-        p = training.presets().get(name)
-        if p is None:
-            return [gr.update()] * 8
-        return (p["rank"], p["alpha"], p["learning_rate"], p["lr_scheduler"], p["max_steps"], p["batch_size"],
-                p["validation_every"], p["checkpoint_every"])
+    preset_fields = {"rank": rank, "alpha": alpha, "learning_rate": lr, "max_steps": steps, "batch_size": batch,
+                     "lr_scheduler": scheduler, "checkpoint_every": ck_every, "validation_every": val_every,
+                     "lora_layers": layers, "train_embedding": train_emb, "embedding_learning_rate": emb_lr,
+                     "subject_weight": subject_weight}
+    preset_inputs = [preset_fields[f] for f in PRESET_FIELDS]
 
-    preset.change(on_preset, preset, [rank, alpha, lr, scheduler, steps, batch, val_every, ck_every], queue=False)
+    def on_preset(name):
+        """Set every field the preset names; a field an older saved preset lacks is left as it is."""
+        p = training.presets().get(name, {})
+        return [p[f] if f in p else gr.update() for f in PRESET_FIELDS]
+
+    preset.change(on_preset, preset, preset_inputs, queue=False)
 
     @user_errors
-    def on_save_preset(preset_label, rank_v, alpha_v, lr_v, sched_v, steps_v, batch_v, val_v, ck_v):
-        params = {"rank": int(rank_v), "alpha": float(alpha_v), "learning_rate": float(lr_v or 0),
-                  "lr_scheduler": sched_v, "max_steps": int(steps_v or 0), "batch_size": int(batch_v),
-                  "validation_every": int(val_v or 0), "checkpoint_every": int(ck_v or 0)}
+    def on_save_preset(preset_label, *values):
+        params = {f: type(PRESETS["quick"][f])(v or 0) for f, v in zip(PRESET_FIELDS, values)}
         training.save_preset(preset_label, params)
         gr.Info(f"Preset {preset_label.strip()} saved")
         return gr.update(choices=list(training.presets()), value=preset_label.strip())
 
-    save_preset.click(on_save_preset, [preset_name, rank, alpha, lr, scheduler, steps, batch, val_every, ck_every],
-                      preset, queue=False)
+    save_preset.click(on_save_preset, [preset_name, *preset_inputs], preset, queue=False)
 
     @user_errors
     def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
                  reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
                  layers_v="attention", subject_weight_v=1.0, emb_init_v="", te_lr_v=0.0, loraplus_v=1.0,
-                 skip_blocks_v="", min_snr_v=0.0):
+                 skip_blocks_v="", min_snr_v=0.0, emb_lr_v=5e-3):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -283,6 +288,7 @@ def create_tab(services):
                                                         if p.strip()],
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
             caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
+            embedding_learning_rate=5e-3 if emb_lr_v is None else emb_lr_v,
             **lora_layers(layers_v), subject_weight=subject_weight_v or 1.0, min_snr_gamma=min_snr_v or 0.0,
             trigger_word=(trigger_v or "").strip(), embedding_init=(emb_init_v or "").strip(),
             skip_blocks=parse_skip_blocks(skip_blocks_v), device=services.models.device.device,
@@ -294,7 +300,7 @@ def create_tab(services):
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
                            reg_share, trigger, caption_dropout, train_emb, layers, subject_weight, emb_init, te_lr,
-                           loraplus, skip_blocks, min_snr],
+                           loraplus, skip_blocks, min_snr, emb_lr],
                 current, api_name="train")
 
     def on_stop(run_id):
