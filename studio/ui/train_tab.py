@@ -87,8 +87,8 @@ def create_tab(services):
                 with gr.Accordion("2 · Parameters", open=True):
                     with gr.Row():
                         preset = gr.Dropdown(list(training.presets()), value="quick", label="Preset", scale=3,
-                                             info="quick / balanced / quality, 'new shape' (a shape the model cannot "
-                                                  "draw yet; set a trigger word) or your own")
+                                             info="'new shape': for a shape the model cannot draw yet "
+                                                  "(give it a trigger word)")
                         preset_name = gr.Textbox(label="Save current settings as preset", scale=2)
                         save_preset = gr.Button("Save preset", scale=1)
                     with gr.Row():
