@@ -142,7 +142,8 @@ class TrainingService:
         self._mark_interrupted()
 
     # ------------------------------------------------------------------ datasets
-    def load_dataset(self, paths: list[str], captions: dict[str, str] | None = None) -> tuple[list[DatasetItem], list[str]]:
+    def load_dataset(self, paths: list[str],
+                     captions: dict[str, str] | None = None) -> tuple[list[DatasetItem], list[str]]:
         """Check every image (corrupt ones are skipped and listed); captions from `captions`, a .txt beside
         the image, or empty."""
         from PIL import Image

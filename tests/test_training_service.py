@@ -71,7 +71,8 @@ def test_caption_files_with_several_lines_become_phrasing_variants(services, sta
 @pytest.mark.parametrize("overrides,field", [
     ({"rank": 0}, "rank"), ({"learning_rate": 5.0}, "learning_rate"), ({"max_steps": 0}, "max_steps"),
     ({"name": "../evil"}, "name"), ({"lr_scheduler": "magic"}, "lr_scheduler"),
-    ({"train_embedding": True}, "trigger_word"), ({"train_embedding": True, "trigger_word": "two words"}, "trigger_word"),
+    ({"train_embedding": True}, "trigger_word"),
+    ({"train_embedding": True, "trigger_word": "two words"}, "trigger_word"),
     ({"train_embedding": True, "trigger_word": "star", "embedding_learning_rate": 9.0}, "embedding_learning_rate"),
     ({"subject_weight": 0.5}, "subject_weight"), ({"min_snr_gamma": -1}, "min_snr_gamma"),
     ({"min_snr_gamma": 50}, "min_snr_gamma"),
