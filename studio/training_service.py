@@ -354,7 +354,7 @@ class TrainingService:
         lora_path = ""
         if event.kind in ("done", "stopped") and event.path:
             self.lora_dir.mkdir(parents=True, exist_ok=True)
-            target = self.lora_dir / f"{trainer.config.name}.safetensors"
+            target = self.lora_file(trainer.config.name)
             _install(event.path, target)
             if sidecar_path(event.path).exists():  # the trained trigger embedding travels with the LoRA
                 _install(sidecar_path(event.path), sidecar_path(target))
@@ -419,6 +419,10 @@ class TrainingService:
 
     def list_runs(self) -> list[dict]:
         return sorted(self.runs.all(), key=lambda r: r.get("created", 0), reverse=True)
+
+    def lora_file(self, name: str) -> Path:
+        """Where a finished run named `name` installs its LoRA (replacing one of the same name)."""
+        return self.lora_dir / f"{name}.safetensors"
 
     def checkpoints(self, run_id: str) -> list[Path]:
         self._record(run_id)

@@ -139,6 +139,7 @@ def test_run_in_background_records_history_and_lora_changes_generation(services,
     assert len(live.validation) == 3 and live.lora_path.endswith("stars.safetensors")
     record = services.training.list_runs()[0]
     assert record["status"] == "done" and record["final_loss"] is not None and record["step"] == 30
+    assert services.training.lora_file("stars") == Path(live.lora_path) and Path(live.lora_path).is_file()
     assert (services.settings.data_dir / "training" / "runs" / run_id / "loss.png").exists()
 
     base = dict(prompt="a star", model=TINY_MODEL_ID, steps=2, width=64, height=64, seed=3, sampler="Euler")
