@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pipelines.embeddings import sidecar_path, trigger_embeddings, use_trigger_tokens
+from pipelines.registry import recommended_settings
 from studio.errors import BusyError, StudioError, ValidationError, check_range
 from training.captions import caption_variants, join_variants
 from training.lora_trainer import (LR_SCHEDULERS, PRECISIONS, LoraTrainer, LoraTrainingConfig, TrainingEvent,
@@ -270,7 +271,7 @@ class TrainingService:
         if source.kind not in ("builtin", "diffusers"):
             raise ValidationError("base model must be a diffusers folder (the built-in model or one under "
                                   "Stable-diffusion/)", "base_model")
-        guidance = self.models.recommended(model_id)  # validation images look as the Generate tab would draw them
+        guidance = recommended_settings(source)  # validation images look as the Generate tab would draw them
         cfg = self.validate(replace(cfg, base_model=source.location, base_model_id=source.id,
                                     validation_guidance=guidance["cfg_scale"],
                                     validation_rescale=guidance["cfg_rescale"]), items)

@@ -37,6 +37,20 @@ def make_settings(tmp_path: Path, models_dir: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
+def services_with_recommended(tmp_path: Path, tiny_models_dir: Path, defaults: dict):
+    """Services over a copy of the tiny model whose folder recommends `defaults` (generation_defaults.json);
+    the caller shuts their training down."""
+    import json
+    import shutil
+
+    from studio.services import build_services
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir / "Stable-diffusion" / "tiny-sd", models / "Stable-diffusion" / "tiny-sd")
+    (models / "Stable-diffusion" / "tiny-sd" / "generation_defaults.json").write_text(json.dumps(defaults))
+    return build_services(make_settings(tmp_path, models))
+
+
 @pytest.fixture
 def services(tmp_path, tiny_models_dir):
     from studio.services import build_services

@@ -129,17 +129,10 @@ def test_bad_input_names_the_field(services, overrides, field, tmp_path):
 def test_model_recommended_cfg_and_rescale(tmp_path, tiny_models_dir):
     """A model folder's generation_defaults.json fills a request that names no CFG; rescale reaches the pipeline
     and the infotext in txt2img, and is dropped (and not claimed) where SD img2img has none."""
-    import json
-    import shutil
+    from tests.conftest import services_with_recommended
 
-    from studio.services import build_services
-    from tests.conftest import make_settings
-
-    models = tmp_path / "models"
-    shutil.copytree(tiny_models_dir / "Stable-diffusion" / "tiny-sd", models / "Stable-diffusion" / "tiny-sd")
-    (models / "Stable-diffusion" / "tiny-sd" / "generation_defaults.json").write_text(
-        json.dumps({"cfg_scale": 4.5, "cfg_rescale": 0.7, "unknown": 1}))
-    services = build_services(make_settings(tmp_path, models))
+    services = services_with_recommended(tmp_path, tiny_models_dir,
+                                         {"cfg_scale": 4.5, "cfg_rescale": 0.7, "unknown": 1})
     try:
         assert services.models.recommended(TINY_MODEL_ID) == {"cfg_scale": 4.5, "cfg_rescale": 0.7}
         checked = services.generation.validate(request())

@@ -247,17 +247,9 @@ def test_lora_layer_choices_map_to_the_trainer_switches():
 def test_validation_images_use_the_base_models_recommended_guidance(tmp_path, tiny_models_dir, star_folder):
     """A model folder's generation_defaults.json (CFG scale and rescale) sets how validation images are drawn,
     as the Generate tab would draw them."""
-    import json
-    import shutil
+    from tests.conftest import services_with_recommended
 
-    from studio.services import build_services
-    from tests.conftest import make_settings
-
-    models = tmp_path / "models"
-    shutil.copytree(tiny_models_dir / "Stable-diffusion" / "tiny-sd", models / "Stable-diffusion" / "tiny-sd")
-    (models / "Stable-diffusion" / "tiny-sd" / "generation_defaults.json").write_text(
-        json.dumps({"cfg_scale": 4.5, "cfg_rescale": 0.7}))
-    services = build_services(make_settings(tmp_path, models))
+    services = services_with_recommended(tmp_path, tiny_models_dir, {"cfg_scale": 4.5, "cfg_rescale": 0.7})
     try:
         items, _ = services.training.load_dataset([str(star_folder)])
         run_id = services.training.start(cfg(max_steps=4, validation_every=4, checkpoint_every=4), items,

@@ -293,11 +293,11 @@ def create_tab(services):
             trigger_word=(trigger_v or "").strip(), embedding_init=(emb_init_v or "").strip(),
             skip_blocks=parse_skip_blocks(skip_blocks_v), device=services.models.device.device,
         )
-        replaces = training.lora_file(cfg.name.strip()).exists()
+        replaces = training.lora_file(cfg.name).exists()
         run_id = training.start(cfg, items, model_id, regularization)
         gr.Info(f"Training started: run {run_id}")
         if replaces:
-            gr.Warning(f"A LoRA named {cfg.name.strip()} exists: this run replaces it when it ends (the earlier "
+            gr.Warning(f"A LoRA named {cfg.name} exists: this run replaces it when it ends (the earlier "
                        "run keeps its own copy in its run folder); change LoRA name to keep both")
         return run_id
 
