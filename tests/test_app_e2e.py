@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from studio.training_service import PRESETS
 from tests.conftest import TINY_MODEL_ID, make_settings
 
 CHROMIUM = "/usr/bin/chromium"
@@ -153,6 +154,8 @@ def test_browser_training_plot_gains_points_while_it_runs(served, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         page.goto(url)
         page.get_by_role("tab", name="Train").click()
+        # the fields open on the preset the dropdown shows
+        assert page.get_by_label("Steps", exact=True).input_value() == str(PRESETS["quick"]["max_steps"])
         page.locator("#train-upload input[type=file]").set_input_files(files)
         page.wait_for_function("document.body.innerText.includes('Dataset: 4 images')", timeout=60_000)
         page.get_by_role("listbox", name="Base model").click()

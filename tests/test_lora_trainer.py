@@ -289,6 +289,38 @@ def test_trigger_embedding_trains_only_its_row_resumes_and_ships_inside_the_lora
     assert len(base.tokenizer) == vocab and "<star>" not in base.tokenizer.get_vocab()  # removed afterwards
 
 
+def test_embedding_only_steps_train_the_trigger_embedding_alone_first(tiny_base, star_samples, tmp_path):
+    """Pivotal tuning's two phases: the first steps move only the trigger embedding; then the LoRA trains over
+    its whole schedule (cosine from its full rate), while the embedding's schedule spans the run."""
+    from safetensors.torch import load_file
+
+    from pipelines.embeddings import load_embedding
+
+    cfg = config(tiny_base, max_steps=8, trigger_word="star", train_embedding=True, embedding_learning_rate=5e-2,
+                 embedding_only_steps=4, lr_scheduler="cosine", checkpoint_every=0)
+    stop, rates = threading.Event(), {}
+
+    def on_event(event):
+        if event.kind == "step":
+            rates[event.step] = event.lr
+            if event.step == 4:
+                stop.set()
+
+    trainer = LoraTrainer(cfg, star_samples, tmp_path / "pivot", on_event)
+    stopped = trainer.run(stop)
+    assert stopped.kind == "stopped" and rates[1] == rates[4] == 0.0  # the LoRA's rate, as the Train tab shows it
+    assert [trainer._lora_factor(s) for s in (0, 3)] == [0.0, 0.0]
+    assert trainer._lora_factor(4) == 1.0 and 0 < trainer._embedding_factor(4) < 1.0
+    ups = [t for k, t in load_file(stopped.path).items() if "lora_B" in k or "lora_up" in k]
+    assert ups and all(float(t.abs().max()) == 0.0 for t in ups)  # the LoRA has not moved yet
+    _, vector = load_embedding(stopped.path)
+    assert torch.equal(vector, trainer.embedding.vector())
+    assert (vector.reshape(-1) - trainer.embedding.start).abs().max() > 1e-3  # the embedding has
+    done = LoraTrainer(cfg, star_samples, tmp_path / "pivot").run()  # resumes into the second phase
+    ups = [t for k, t in load_file(done.path).items() if "lora_B" in k or "lora_up" in k]
+    assert done.kind == "done" and any(float(t.abs().max()) > 0.0 for t in ups)
+
+
 def test_locon_adapts_the_convolutions_and_still_loads_in_diffusers(tiny_base, star_samples, tmp_path):
     from safetensors import safe_open
 

@@ -69,6 +69,7 @@ class LoraTrainingConfig:
     train_embedding: bool = False  # pivotal tuning: learn an input embedding for the trigger word too
     embedding_learning_rate: float = 5e-3
     embedding_init: str = ""  # word(s) whose mean embedding the trigger's starts from ("": the trigger word)
+    embedding_only_steps: int = 0  # pivotal tuning's first phase: steps that train the embedding alone
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
     subject_weight: float = 1.0  # loss weight where an image's alpha channel marks the subject (1 = even)
@@ -220,6 +221,7 @@ class TriggerEmbedding:
         self.id = pipe.tokenizer.convert_tokens_to_ids(self.token)
         with torch.no_grad():
             self.weight[self.id] = init
+        self.start = init.detach().clone()
         mask = torch.zeros(self.weight.shape[0], 1, dtype=self.weight.dtype, device=self.weight.device)
         mask[self.id] = 1
         self.weight.requires_grad_(True)
@@ -304,8 +306,21 @@ class LoraTrainer:
                                       cfg.loraplus_lr_ratio, skip=embedding)
         if self.embedding:
             groups.append({"params": [self.embedding.weight], "base_lr": self.config.embedding_learning_rate,
-                           "weight_decay": 0.0})
+                           "weight_decay": 0.0, "embedding": True})
         return groups
+
+    def _embedding_factor(self, step: int) -> float:
+        """The trigger embedding's schedule spans the whole run."""
+        cfg = self.config
+        return lr_factor(cfg.lr_scheduler, step, cfg.warmup_steps, cfg.max_steps)
+
+    def _lora_factor(self, step: int) -> float:
+        """The LoRA weights rest while the embedding trains alone, then run their whole schedule."""
+        cfg = self.config
+        first = cfg.embedding_only_steps if self.embedding else 0
+        if step < first:
+            return 0.0
+        return lr_factor(cfg.lr_scheduler, step - first, cfg.warmup_steps, cfg.max_steps - first)
 
     def _augment(self, image, mask, rng: random.Random):
         """Crop, resize and flip the image and its subject mask (None: none) alike; colour jitter the image.
@@ -588,10 +603,11 @@ class LoraTrainer:
                     target = noise
                 ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                                      truncation=True, return_tensors="pt").input_ids.to(pipe.device)
-                factor = lr_factor(cfg.lr_scheduler, step, cfg.warmup_steps, cfg.max_steps)
+                factor = self._lora_factor(step)
                 lr = cfg.learning_rate * factor
                 for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * factor
+                    group["lr"] = group["base_lr"] * (self._embedding_factor(step) if group.get("embedding")
+                                                      else factor)
                 with autocast:
                     ctx = pipe.text_encoder(ids)[0]
                     pred = pipe.unet(noisy, t, ctx).sample

@@ -50,6 +50,7 @@ def create_tab(services):
     training = services.training
     model_choices = [m for m in services.models.choices() if not m.endswith(".safetensors")]
     default_model = services.models.default_model()
+    start = PRESETS["quick"]  # the fields open on the preset the dropdown shows
     with gr.Tab("Train", id="train"):
         gr.Markdown("Train a LoRA on your images. The curve updates live; the rest of the studio stays usable.")
         with gr.Row(equal_height=False):
@@ -95,20 +96,20 @@ def create_tab(services):
                         base = gr.Dropdown(model_choices, value=default_model, label="Base model")
                         name = gr.Textbox("my-lora", label="LoRA name")
                     with gr.Row():
-                        rank = gr.Slider(1, 128, value=4, step=1, label="Rank")
-                        alpha = gr.Slider(1, 128, value=4, step=1, label="Alpha")
-                        lr = gr.Number(2e-3, label="Learning rate")
-                        scheduler = gr.Dropdown(list(LR_SCHEDULERS), value="constant", label="LR scheduler")
+                        rank = gr.Slider(1, 128, value=start["rank"], step=1, label="Rank")
+                        alpha = gr.Slider(1, 128, value=start["alpha"], step=1, label="Alpha")
+                        lr = gr.Number(start["learning_rate"], label="Learning rate")
+                        scheduler = gr.Dropdown(list(LR_SCHEDULERS), value=start["lr_scheduler"], label="LR scheduler")
                     with gr.Row():
-                        steps = gr.Number(150, label="Steps", precision=0)
+                        steps = gr.Number(start["max_steps"], label="Steps", precision=0)
                         epochs = gr.Number(0, label="…or epochs (0 = use steps)")
-                        batch = gr.Slider(1, 32, value=4, step=1, label="Batch size")
+                        batch = gr.Slider(1, 32, value=start["batch_size"], step=1, label="Batch size")
                         resolution = gr.Slider(64, 1024, value=128, step=64, label="Resolution (aspect buckets)")
                         seed = gr.Number(0, label="Seed", precision=0)
                     val_prompts = gr.Textbox(label="Validation prompts (one per line)", lines=2)
                     with gr.Row():
-                        val_every = gr.Number(50, label="Validate every N steps", precision=0)
-                        ck_every = gr.Number(50, label="Checkpoint every N steps", precision=0)
+                        val_every = gr.Number(start["validation_every"], label="Validate every N steps", precision=0)
+                        ck_every = gr.Number(start["checkpoint_every"], label="Checkpoint every N steps", precision=0)
                     with gr.Accordion("Advanced: augmentation, layers, trigger embedding, regularization",
                                       open=False, elem_id="train-advanced"):
                         with gr.Row():
@@ -121,23 +122,26 @@ def create_tab(services):
                             loraplus = gr.Number(1.0, label="LoRA+ ratio", minimum=1, maximum=64,
                                                  info="up matrices learn this many times faster; 1 = plain LoRA")
                         with gr.Row():
-                            layers = gr.Radio(list(LORA_LAYERS), value="attention", label="LoRA layers",
+                            layers = gr.Radio(list(LORA_LAYERS), value=start["lora_layers"], label="LoRA layers",
                                               info="LoCon or convolutions only: for shapes the base model cannot draw "
                                                    "yet (convolutions only leaves its colour binding alone)")
-                            train_emb = gr.Checkbox(False, label="Trigger embedding",
+                        with gr.Row():
+                            train_emb = gr.Checkbox(start["train_embedding"], label="Trigger embedding",
                                                     info="pivotal tuning: learns a new embedding for the trigger word")
                             emb_init = gr.Textbox(label="Embedding starts from",
                                                   placeholder="the trigger word itself",
                                                   info="a known word close to the concept (e.g. 'triangle' for a star) "
                                                        "so the prompt's other words bind to it from the first step")
-                            emb_lr = gr.Number(5e-3, label="Embedding LR", minimum=1e-6, maximum=1,
+                            emb_lr = gr.Number(start["embedding_learning_rate"], label="Embedding LR",
+                                               minimum=1e-6, maximum=1,
                                                info="high (4e-2) moves it away from its start word fast, which "
                                                     "keeps that word's own concept intact")
                         with gr.Row():
                             jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
                             caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
                                                         info="share of steps trained with an empty caption")
-                            subject_weight = gr.Slider(1, 20, value=1, step=0.5, label="Subject weight",
+                            subject_weight = gr.Slider(1, 20, value=start["subject_weight"], step=0.5,
+                                                       label="Subject weight",
                                                        info="loss weight where an image's alpha channel marks the "
                                                             "subject (PNG cut-outs); 1 = even")
                         with gr.Row():
