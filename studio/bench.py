@@ -228,6 +228,7 @@ class LoraProofRecipe:
     train_embedding: bool = True  # pivotal tuning of the trigger word "star"
     embedding_learning_rate: float = 4e-2  # far from the start word quickly: the other concepts keep their shapes
     embedding_init: str = "triangle"  # word(s) the trigger embedding starts from ("": "star" itself)
+    embedding_only_steps: int = 0  # pivotal tuning's first phase: steps that train the trigger embedding alone
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
     min_snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (0 = off; 5 cut duplicates but taught no star shape)
     mixed_precision: str = "no"
@@ -269,6 +270,8 @@ LORA_RECIPE_FLAGS = (  # the bench command's flag for each LoraProofRecipe field
      dict(type=float, help="LoRA proof: learning rate of the trigger embedding")),
     ("--lora-embedding-init", "embedding_init",
      dict(help="LoRA proof: word(s) the trigger embedding starts from ('': 'star' itself)")),
+    ("--lora-embedding-only-steps", "embedding_only_steps",
+     dict(type=int, help="LoRA proof: first steps that train the trigger embedding alone (pivotal tuning)")),
     ("--lora-subject-weight", "subject_weight",
      dict(type=float, help="LoRA proof: loss weight on the objects' pixels (1 = even)")),
     ("--lora-min-snr", "min_snr_gamma", dict(type=float, help="LoRA proof: Min-SNR-gamma loss weighting (0 = off)")),
@@ -384,6 +387,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              train_attention=recipe.train_attention,
                              embedding_learning_rate=recipe.embedding_learning_rate,
                              embedding_init=recipe.embedding_init,
+                             embedding_only_steps=recipe.embedding_only_steps,
                              subject_weight=recipe.subject_weight, min_snr_gamma=recipe.min_snr_gamma,
                              skip_blocks=parse_skip_blocks(recipe.skip_blocks),
                              mixed_precision=recipe.mixed_precision)

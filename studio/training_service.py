@@ -231,6 +231,7 @@ class TrainingService:
             raise ValidationError("a LoRA needs some layers: attention, convolutions or both", "lora_layers")
         if cfg.mixed_precision not in PRECISIONS:
             raise ValidationError(f"mixed_precision must be one of {', '.join(PRECISIONS)}", "mixed_precision")
+        max_steps = check_range("max_steps", cfg.max_steps, 1, 100_000, int)
         return replace(
             cfg,
             rank=check_range("rank", cfg.rank, 1, 256, int),
@@ -243,7 +244,8 @@ class TrainingService:
                                                 float),
             trigger_word=cfg.trigger_word.strip(), embedding_init=cfg.embedding_init.strip(),
             skip_blocks=parse_skip_blocks(" ".join(cfg.skip_blocks)),
-            max_steps=check_range("max_steps", cfg.max_steps, 1, 100_000, int),
+            max_steps=max_steps,
+            embedding_only_steps=check_range("embedding_only_steps", cfg.embedding_only_steps, 0, max_steps - 1, int),
             batch_size=check_range("batch_size", cfg.batch_size, 1, 64, int),
             resolution=check_range("resolution", cfg.resolution, 64, 2048, int),
             color_jitter=check_range("color_jitter", cfg.color_jitter, 0, 0.5, float),

@@ -79,6 +79,8 @@ def test_caption_files_with_several_lines_become_phrasing_variants(services, sta
     ({"train_text_encoder": True, "text_encoder_learning_rate": 0.5}, "text_encoder_learning_rate"),
     ({"loraplus_lr_ratio": 0.5}, "loraplus_lr_ratio"), ({"loraplus_lr_ratio": 100}, "loraplus_lr_ratio"),
     ({"train_embedding": True, "trigger_word": "star", "embedding_init": "x" * 201}, "embedding_init"),
+    ({"train_embedding": True, "trigger_word": "star", "max_steps": 10, "embedding_only_steps": 10},
+     "embedding_only_steps"),
     ({"train_attention": False, "train_conv": False}, "lora_layers"),
     ({"skip_blocks": ["up_blocks.1", "decoder"]}, "skip_blocks"),
 ])

@@ -132,10 +132,14 @@ def create_tab(services):
                                                   placeholder="the trigger word itself",
                                                   info="a known word close to the concept (e.g. 'triangle' for a star) "
                                                        "so the prompt's other words bind to it from the first step")
+                        with gr.Row():
                             emb_lr = gr.Number(start["embedding_learning_rate"], label="Embedding LR",
                                                minimum=1e-6, maximum=1,
                                                info="high (4e-2) moves it away from its start word fast, which "
                                                     "keeps that word's own concept intact")
+                            emb_only = gr.Number(0, label="Embedding-only steps", precision=0, minimum=0,
+                                                 info="pivotal tuning's first phase: the embedding trains alone "
+                                                      "for these first steps, then the LoRA joins")
                         with gr.Row():
                             jitter = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Colour jitter")
                             caption_dropout = gr.Slider(0, 0.5, value=0.0, step=0.05, label="Caption dropout",
@@ -274,7 +278,7 @@ def create_tab(services):
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
                  reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
                  layers_v="attention", subject_weight_v=1.0, emb_init_v="", te_lr_v=0.0, loraplus_v=1.0,
-                 skip_blocks_v="", min_snr_v=0.0, emb_lr_v=5e-3):
+                 skip_blocks_v="", min_snr_v=0.0, emb_lr_v=5e-3, emb_only_v=0):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -293,6 +297,7 @@ def create_tab(services):
             validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
             caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
             embedding_learning_rate=5e-3 if emb_lr_v is None else emb_lr_v,
+            embedding_only_steps=(emb_only_v or 0) if train_emb_v else 0,
             **lora_layers(layers_v), subject_weight=subject_weight_v or 1.0, min_snr_gamma=min_snr_v or 0.0,
             trigger_word=(trigger_v or "").strip(), embedding_init=(emb_init_v or "").strip(),
             skip_blocks=parse_skip_blocks(skip_blocks_v), device=services.models.device.device,
@@ -308,7 +313,7 @@ def create_tab(services):
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
                            reg_share, trigger, caption_dropout, train_emb, layers, subject_weight, emb_init, te_lr,
-                           loraplus, skip_blocks, min_snr, emb_lr],
+                           loraplus, skip_blocks, min_snr, emb_lr, emb_only],
                 current, api_name="train")
 
     def on_stop(run_id):
