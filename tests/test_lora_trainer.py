@@ -310,7 +310,7 @@ def test_embedding_only_steps_train_the_trigger_embedding_alone_first(tiny_base,
     stopped = trainer.run(stop)
     assert stopped.kind == "stopped" and rates[1] == rates[4] == 0.0  # the LoRA's rate, as the Train tab shows it
     assert [trainer._lora_factor(s) for s in (0, 3)] == [0.0, 0.0]
-    assert trainer._lora_factor(4) == 1.0 and 0 < trainer._embedding_factor(4) < 1.0
+    assert trainer._lora_factor(4) == 1.0 and 0 < trainer._schedule(4) < 1.0
     ups = [t for k, t in load_file(stopped.path).items() if "lora_B" in k or "lora_up" in k]
     assert ups and all(float(t.abs().max()) == 0.0 for t in ups)  # the LoRA has not moved yet
     _, vector = load_embedding(stopped.path)

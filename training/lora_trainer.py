@@ -309,18 +309,17 @@ class LoraTrainer:
                            "weight_decay": 0.0, "embedding": True})
         return groups
 
-    def _embedding_factor(self, step: int) -> float:
-        """The trigger embedding's schedule spans the whole run."""
+    def _schedule(self, step: int, rest: int = 0) -> float:
+        """The learning-rate factor of weights that rest for the first `rest` steps, then run the whole schedule
+        over the steps left (the trigger embedding: rest 0; the LoRA: the embedding-only steps)."""
         cfg = self.config
-        return lr_factor(cfg.lr_scheduler, step, cfg.warmup_steps, cfg.max_steps)
+        if step < rest:
+            return 0.0
+        return lr_factor(cfg.lr_scheduler, step - rest, cfg.warmup_steps, cfg.max_steps - rest)
 
     def _lora_factor(self, step: int) -> float:
-        """The LoRA weights rest while the embedding trains alone, then run their whole schedule."""
-        cfg = self.config
-        first = cfg.embedding_only_steps if self.embedding else 0
-        if step < first:
-            return 0.0
-        return lr_factor(cfg.lr_scheduler, step - first, cfg.warmup_steps, cfg.max_steps - first)
+        """The LoRA weights rest while the embedding trains alone."""
+        return self._schedule(step, self.config.embedding_only_steps if self.embedding else 0)
 
     def _augment(self, image, mask, rng: random.Random):
         """Crop, resize and flip the image and its subject mask (None: none) alike; colour jitter the image.
@@ -603,11 +602,10 @@ class LoraTrainer:
                     target = noise
                 ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                                      truncation=True, return_tensors="pt").input_ids.to(pipe.device)
-                factor = self._lora_factor(step)
+                factor, embedding_factor = self._lora_factor(step), self._schedule(step)
                 lr = cfg.learning_rate * factor
                 for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * (self._embedding_factor(step) if group.get("embedding")
-                                                      else factor)
+                    group["lr"] = group["base_lr"] * (embedding_factor if group.get("embedding") else factor)
                 with autocast:
                     ctx = pipe.text_encoder(ids)[0]
                     pred = pipe.unet(noisy, t, ctx).sample
