@@ -167,7 +167,8 @@ def bench_adherence(tmp: Path, limit: int | None) -> None:
     _line("mean seconds per image (target <= 1 s)", f"{statistics.mean(seconds):.3f}")
 
 
-def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int, targets: list[str]) -> float:
+def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int, targets: list[str],
+                     dropout: float = 0.0) -> float:
     """Seconds per step of a plain peft + diffusers LoRA loop on the same data (the reference)."""
     import numpy as np
     import torch
@@ -180,7 +181,8 @@ def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int, tar
     pipe = StableDiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
-    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets,
+                                     lora_dropout=dropout))
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -231,6 +233,7 @@ class LoraProofRecipe:
     embedding_only_steps: int = 0  # pivotal tuning's first phase: steps that train the trigger embedding alone
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
     min_snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (0 = off; 5 cut duplicates but taught no star shape)
+    lora_dropout: float = 0.0  # dropout on each LoRA layer's input while training
     mixed_precision: str = "no"
     out: str = ""  # a folder that keeps the LoRA file and before/after contact sheets of the star prompts
     eval_prompts: int = 48  # star prompts, and prompts of other concepts, scored before and after
@@ -275,6 +278,7 @@ LORA_RECIPE_FLAGS = (  # the bench command's flag for each LoraProofRecipe field
     ("--lora-subject-weight", "subject_weight",
      dict(type=float, help="LoRA proof: loss weight on the objects' pixels (1 = even)")),
     ("--lora-min-snr", "min_snr_gamma", dict(type=float, help="LoRA proof: Min-SNR-gamma loss weighting (0 = off)")),
+    ("--lora-dropout", "lora_dropout", dict(type=float, help="LoRA proof: dropout on the LoRA layers' inputs")),
     ("--lora-precision", "mixed_precision", dict(choices=("no", "bf16"), help="LoRA proof: mixed precision")),
     ("--lora-images", "images", dict(type=int, help="LoRA proof: training images of stars")),
     ("--lora-balanced", "balanced",
@@ -389,7 +393,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              embedding_init=recipe.embedding_init,
                              embedding_only_steps=recipe.embedding_only_steps,
                              subject_weight=recipe.subject_weight, min_snr_gamma=recipe.min_snr_gamma,
-                             skip_blocks=parse_skip_blocks(recipe.skip_blocks),
+                             lora_dropout=recipe.lora_dropout, skip_blocks=parse_skip_blocks(recipe.skip_blocks),
                              mixed_precision=recipe.mixed_precision)
     if not cfg.max_steps:
         cfg.max_steps = _steps_that_fit(cfg, samples, prior, tmp / "lora-calibration", recipe.minutes)
@@ -422,7 +426,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                                   "regularization_share": 0.0, "train_embedding": False})
     _, ours = _timed_run(LoraTrainer(short, samples, tmp / "lora-probe"))
     bare = _bare_lora_steps(BUILTIN_MODEL_DIR, samples, 12, 8, recipe.rank,
-                            unet_targets(recipe.train_conv, recipe.train_attention))
+                            unet_targets(recipe.train_conv, recipe.train_attention), recipe.lora_dropout)
     _line("step time studio trainer / bare peft loop (target <= 1.1)", f"{ours / bare:.3f} "
           f"({ours * 1000:.0f} ms vs {bare * 1000:.0f} ms)")
 

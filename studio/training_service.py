@@ -253,6 +253,7 @@ class TrainingService:
             caption_dropout=check_range("caption_dropout", cfg.caption_dropout, 0, 0.5, float),
             subject_weight=check_range("subject_weight", cfg.subject_weight, 1, 20, float),
             min_snr_gamma=check_range("min_snr_gamma", cfg.min_snr_gamma, 0, 20, float),
+            lora_dropout=check_range("lora_dropout", cfg.lora_dropout, 0, 0.9, float),
             validation_every=check_range("validation_every", cfg.validation_every, 0, 100_000, int),
             checkpoint_every=check_range("checkpoint_every", cfg.checkpoint_every, 0, 100_000, int),
             seed=check_range("seed", cfg.seed, 0, 2**32 - 1, int),

@@ -500,3 +500,16 @@ def test_min_snr_weights_follow_the_formula_and_a_run_trains_with_them(tiny_base
     result = LoraTrainer(config(tiny_base, min_snr_gamma=5, max_steps=4, checkpoint_every=0), star_samples,
                          tmp_path / "snr").run()
     assert result.kind == "done" and lora_changes_output(tiny_base, result.path)
+
+
+def test_lora_dropout_reaches_every_lora_layer_and_the_run_still_exports_a_working_lora(tiny_base, star_samples,
+                                                                                         tmp_path):
+    trainer = LoraTrainer(config(tiny_base, lora_dropout=0.5, train_text_encoder=True, max_steps=4,
+                                 checkpoint_every=0), star_samples, tmp_path / "dropout")
+    pipe = trainer._load()
+    for model in (pipe.unet, pipe.text_encoder):
+        drops = [m for name, m in model.named_modules() if name.endswith("lora_dropout.default")]
+        assert drops and all(getattr(d, "p", None) == 0.5 for d in drops), "every LoRA layer drops half its input"
+    result = LoraTrainer(config(tiny_base, lora_dropout=0.5, max_steps=4, checkpoint_every=0), star_samples,
+                         tmp_path / "dropout-run").run()
+    assert result.kind == "done" and lora_changes_output(tiny_base, result.path)

@@ -74,6 +74,7 @@ class LoraTrainingConfig:
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
     subject_weight: float = 1.0  # loss weight where an image's alpha channel marks the subject (1 = even)
     min_snr_gamma: float = 0.0  # Min-SNR loss weighting (Hang et al. 2023, kohya's min_snr_gamma; 0 = off)
+    lora_dropout: float = 0.0  # dropout on each LoRA layer's input while training (peft's lora_dropout)
     device: str = "cpu"
 
 
@@ -286,11 +287,12 @@ class LoraTrainer:
         if unknown:
             raise ValueError(f"skip UNet blocks: this base model's UNet has no block {unknown[0]!r}")
         pipe.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                                         lora_dropout=cfg.lora_dropout,
                                          target_modules=unet_targets(cfg.train_conv, cfg.train_attention),
                                          exclude_modules=skipped_modules(cfg.skip_blocks)))
         if cfg.train_text_encoder:
             pipe.text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                                     target_modules=TEXT_TARGETS))
+                                                     lora_dropout=cfg.lora_dropout, target_modules=TEXT_TARGETS))
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.embedding = TriggerEmbedding(pipe, cfg.trigger_word, cfg.embedding_init) if cfg.train_embedding else None
         return pipe

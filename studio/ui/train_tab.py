@@ -121,6 +121,9 @@ def create_tab(services):
                                               info="0 = the learning rate above; 5-10x lower is usual")
                             loraplus = gr.Number(1.0, label="LoRA+ ratio", minimum=1, maximum=64,
                                                  info="up matrices learn this many times faster; 1 = plain LoRA")
+                            lora_dropout = gr.Slider(0, 0.9, value=0.0, step=0.05, label="LoRA dropout",
+                                                     info="drops a share of each LoRA layer's input while training "
+                                                          "(regularizes; 0.1 is usual)")
                         with gr.Row():
                             layers = gr.Radio(list(LORA_LAYERS), value=start["lora_layers"], label="LoRA layers",
                                               info="LoCon or convolutions only: for shapes the base model cannot draw "
@@ -278,7 +281,7 @@ def create_tab(services):
                  seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
                  reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
                  layers_v="attention", subject_weight_v=1.0, emb_init_v="", te_lr_v=0.0, loraplus_v=1.0,
-                 skip_blocks_v="", min_snr_v=0.0, emb_lr_v=5e-3, emb_only_v=0):
+                 skip_blocks_v="", min_snr_v=0.0, emb_lr_v=5e-3, emb_only_v=0, lora_dropout_v=0.0):
         regularization = []
         if (reg_folder_v or "").strip():
             if not Path(reg_folder_v.strip()).is_dir():
@@ -299,6 +302,7 @@ def create_tab(services):
             embedding_learning_rate=5e-3 if emb_lr_v is None else emb_lr_v,
             embedding_only_steps=(emb_only_v or 0) if train_emb_v else 0,
             **lora_layers(layers_v), subject_weight=subject_weight_v or 1.0, min_snr_gamma=min_snr_v or 0.0,
+            lora_dropout=lora_dropout_v or 0.0,
             trigger_word=(trigger_v or "").strip(), embedding_init=(emb_init_v or "").strip(),
             skip_blocks=parse_skip_blocks(skip_blocks_v), device=services.models.device.device,
         )
@@ -313,7 +317,7 @@ def create_tab(services):
     train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
                            flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
                            reg_share, trigger, caption_dropout, train_emb, layers, subject_weight, emb_init, te_lr,
-                           loraplus, skip_blocks, min_snr, emb_lr, emb_only],
+                           loraplus, skip_blocks, min_snr, emb_lr, emb_only, lora_dropout],
                 current, api_name="train")
 
     def on_stop(run_id):
