@@ -168,6 +168,7 @@ def test_browser_training_plot_gains_points_while_it_runs(served, tmp_path):
                         ".find(l => l.innerText.includes('Trigger embedding'))?.querySelector('input')?.checked")
         page.wait_for_function(f"{embedding_on} === true", timeout=10_000)
         assert page.get_by_label("Embedding LR").input_value() == "0.04"
+        assert page.get_by_label("LoRA dropout").first.input_value() == str(PRESETS["new shape"]["lora_dropout"])
         page.get_by_role("listbox", name="Preset").click()
         page.get_by_role("option", name="quick", exact=True).click()
         page.wait_for_function(f"{embedding_on} === false", timeout=10_000)

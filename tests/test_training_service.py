@@ -223,7 +223,7 @@ def test_every_builtin_preset_sets_every_field_with_valid_values(services, star_
         checked = services.training.validate(cfg(trigger_word="star", **values, **lora_layers(layers)), items)
         assert checked.max_steps == params["max_steps"] and checked.rank == params["rank"], name
     shape = PRESETS["new shape"]
-    assert shape["train_embedding"] and shape["lora_layers"] == "convolutions only"
+    assert shape["train_embedding"] and shape["lora_layers"] == "convolutions only" and shape["lora_dropout"] > 0
 
 
 def test_user_presets_and_epochs(services):

@@ -121,7 +121,8 @@ def create_tab(services):
                                               info="0 = the learning rate above; 5-10x lower is usual")
                             loraplus = gr.Number(1.0, label="LoRA+ ratio", minimum=1, maximum=64,
                                                  info="up matrices learn this many times faster; 1 = plain LoRA")
-                            lora_dropout = gr.Slider(0, 0.9, value=0.0, step=0.05, label="LoRA dropout",
+                            lora_dropout = gr.Slider(0, 0.9, value=start["lora_dropout"], step=0.05,
+                                                     label="LoRA dropout",
                                                      info="drops a share of each LoRA layer's input while training "
                                                           "(regularizes; 0.1 is usual)")
                         with gr.Row():
@@ -257,7 +258,7 @@ def create_tab(services):
     preset_fields = {"rank": rank, "alpha": alpha, "learning_rate": lr, "max_steps": steps, "batch_size": batch,
                      "lr_scheduler": scheduler, "checkpoint_every": ck_every, "validation_every": val_every,
                      "lora_layers": layers, "train_embedding": train_emb, "embedding_learning_rate": emb_lr,
-                     "subject_weight": subject_weight}
+                     "subject_weight": subject_weight, "lora_dropout": lora_dropout}
     preset_inputs = [preset_fields[f] for f in PRESET_FIELDS]
 
     def on_preset(name):
