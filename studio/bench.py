@@ -169,7 +169,8 @@ def bench_adherence(tmp: Path, limit: int | None) -> None:
 
 def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int, targets: list[str],
                      dropout: float = 0.0) -> float:
-    """Seconds per step of a plain peft + diffusers LoRA loop on the same data (the reference)."""
+    """Seconds per step of a plain peft + diffusers LoRA loop on the same data (the reference), with peft's own
+    LoRA dropout."""
     import numpy as np
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -183,6 +184,7 @@ def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int, tar
         m.requires_grad_(False)
     pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets,
                                      lora_dropout=dropout))
+    pipe.unet.train()  # the dropout drops
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)

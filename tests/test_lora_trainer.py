@@ -385,6 +385,8 @@ def test_subject_weight_reads_the_alpha_channel_and_weighs_the_loss(tiny_base, s
     flipped = cached._encode(pipe, [ImageOps.mirror(images[0][0])], [ImageOps.mirror(images[0][1])])
     for got, want in ((plain, direct), (mirrored, flipped)):
         assert all(torch.allclose(part, expected[0], atol=1e-5) for part, expected in zip(got, want))
+    unflipped = LoraTrainer(config(tiny_base, subject_weight=5), cutouts, tmp_path / "d")
+    assert len(unflipped._cache_latents(pipe, images)[0]) == 1, "without flip no mirrored view is encoded"
 
     done = LoraTrainer(config(tiny_base, subject_weight=5, max_steps=6, checkpoint_every=0), cutouts,
                        tmp_path / "run").run()
@@ -502,14 +504,46 @@ def test_min_snr_weights_follow_the_formula_and_a_run_trains_with_them(tiny_base
     assert result.kind == "done" and lora_changes_output(tiny_base, result.path)
 
 
-def test_lora_dropout_reaches_every_lora_layer_and_the_run_still_exports_a_working_lora(tiny_base, star_samples,
-                                                                                         tmp_path):
+def test_fast_dropout_keeps_each_element_with_probability_1_minus_p_and_scales_it():
+    from training.fast_dropout import FastDropout
+
+    drop = FastDropout(0.3)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    assert abs(float((y == 0).float().mean()) - 0.3) < 0.01
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, y != 0), "the gradient flows through the kept elements only"
+    assert torch.equal(drop.eval()(x), x), "eval mode passes the input through"
+    with pytest.raises(ValueError, match="dropout rate"):
+        FastDropout(1.0)
+
+
+def test_lora_dropout_drops_every_lora_layers_input_only_while_training(tiny_base, star_samples, tmp_path):
+    from training.fast_dropout import FastDropout
+
     trainer = LoraTrainer(config(tiny_base, lora_dropout=0.5, train_text_encoder=True, max_steps=4,
                                  checkpoint_every=0), star_samples, tmp_path / "dropout")
     pipe = trainer._load()
-    for model in (pipe.unet, pipe.text_encoder):
-        drops = [m for name, m in model.named_modules() if name.endswith("lora_dropout.default")]
-        assert drops and all(getattr(d, "p", None) == 0.5 for d in drops), "every LoRA layer drops half its input"
+    drops = [(f"{i}.{name}", m) for i, model in enumerate((pipe.unet, pipe.text_encoder))
+             for name, m in model.named_modules() if name.endswith("lora_dropout.default")]
+    assert any(n.startswith("0.") for n, _ in drops) and any(n.startswith("1.") for n, _ in drops)
+    assert all(isinstance(m, FastDropout) and m.p == 0.5 for _, m in drops), "every LoRA layer drops half its input"
+    ids = pipe.tokenizer(["a red star", "a blue circle"], padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
+    for training in (True, False):
+        trainer._train_mode(pipe, training)
+        zeros = {}
+        hooks = [m.register_forward_hook(lambda _, __, out, name=name: zeros.update({name: (out == 0).float().mean()}))
+                 for name, m in drops]
+        with torch.no_grad():
+            pipe.unet(torch.randn(2, channels, size, size), torch.tensor([10, 500]), pipe.text_encoder(ids)[0])
+        for hook in hooks:
+            hook.remove()
+        assert set(zeros) == {n for n, _ in drops}, "every LoRA layer ran"
+        share = float(sum(zeros.values()) / len(zeros))
+        assert (0.4 < share < 0.6) if training else share < 0.01, (training, share)
     result = LoraTrainer(config(tiny_base, lora_dropout=0.5, max_steps=4, checkpoint_every=0), star_samples,
                          tmp_path / "dropout-run").run()
     assert result.kind == "done" and lora_changes_output(tiny_base, result.path)

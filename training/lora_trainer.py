@@ -121,10 +121,11 @@ def skipped_modules(blocks: list[str]) -> str | None:
 
 def lora_state(model) -> dict:
     """The model's LoRA tensors only: a resized token table (a trained trigger embedding) travels in its own
-    file, and a LoRA file holding it would be refused by diffusers' `load_lora_weights`."""
+    file, and a LoRA file holding it would be refused by diffusers' `load_lora_weights`. Contiguous, as
+    safetensors needs."""
     from peft.utils import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(model, save_embedding_layers=False)
+    return {k: v.contiguous() for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
 
 
 def loraplus_groups(model, lr: float, ratio: float = 1.0, skip=None) -> list[dict]:
@@ -275,6 +276,8 @@ class LoraTrainer:
         from diffusers import DDPMScheduler, StableDiffusionPipeline
         from peft import LoraConfig
 
+        from training.fast_dropout import use_fast_dropout
+
         cfg = self.config
         pipe = StableDiffusionPipeline.from_pretrained(cfg.base_model, torch_dtype=torch.float32,
                                                        safety_checker=None, requires_safety_checker=False)
@@ -293,9 +296,17 @@ class LoraTrainer:
         if cfg.train_text_encoder:
             pipe.text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                                      lora_dropout=cfg.lora_dropout, target_modules=TEXT_TARGETS))
+        for model in (pipe.unet, pipe.text_encoder):
+            use_fast_dropout(model)
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.embedding = TriggerEmbedding(pipe, cfg.trigger_word, cfg.embedding_init) if cfg.train_embedding else None
         return pipe
+
+    @staticmethod
+    def _train_mode(pipe, on: bool) -> None:
+        """Switch what trains between train mode (LoRA dropout on) and eval mode (validation images)."""
+        for model in (pipe.unet, pipe.text_encoder):
+            model.train(on)
 
     def _param_groups(self, pipe) -> list[dict]:
         """UNet LoRA weights at the learning rate, text-encoder LoRA weights at theirs (0: the same), each split
@@ -393,9 +404,9 @@ class LoraTrainer:
         return 1 + (self.config.subject_weight - 1) * cells
 
     def _cache_latents(self, pipe, images: list) -> list | None:
-        """Encode every image once, plain and mirrored (the VAE is a third of a step's time at 128 px), when no
-        augmentation needs fresh pixels each step (random crop and colour jitter do): per image, (mean, std,
-        subject cells) for [plain, mirrored]. None when it cannot cache."""
+        """Encode every image once, plain and, with flip, mirrored (the VAE is a third of a step's time at 128 px),
+        when no augmentation needs fresh pixels each step (random crop and colour jitter do): per image, (mean,
+        std, subject cells) for [plain] or [plain, mirrored]. None when it cannot cache."""
         from PIL import ImageOps
 
         cfg = self.config
@@ -417,7 +428,7 @@ class LoraTrainer:
                 chunk = ids[start:start + 16]
                 views = [self._encode(pipe, [view(images[i][0], bucket, mirrored) for i in chunk],
                                       [view(images[i][1], bucket, mirrored) for i in chunk])
-                         for mirrored in (False, True)]
+                         for mirrored in ((False, True) if cfg.flip else (False,))]
                 for j, i in enumerate(chunk):
                     cache[i] = [tuple(t[j].cpu() for t in encoded) for encoded in views]
         return cache
@@ -453,10 +464,9 @@ class LoraTrainer:
         final = root / f"step-{step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in lora_state(pipe.unet).items()}, str(tmp / "unet_peft.safetensors"))
+        save_file(lora_state(pipe.unet), str(tmp / "unet_peft.safetensors"))
         if self.config.train_text_encoder:
-            save_file({k: v.contiguous() for k, v in lora_state(pipe.text_encoder).items()},
-                      str(tmp / "text_encoder_peft.safetensors"))
+            save_file(lora_state(pipe.text_encoder), str(tmp / "text_encoder_peft.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
         self.export_lora(pipe, tmp / "lora.safetensors", step)
         (tmp / "state.json").write_text(json.dumps({"step": step, "loss_history": self.loss_history,
@@ -592,7 +602,7 @@ class LoraTrainer:
             if stop.is_set():
                 break
             with self.step_lock:  # shares the device fairly: a generation waits at most one step
-                pipe.unet.train()
+                self._train_mode(pipe, True)
                 latents, weights, captions = self._batch(pipe, self._rng, images)
                 noise = torch.randn_like(latents)
                 t = sample_timesteps(latents.shape[0], self.noise_scheduler.config.num_train_timesteps,
@@ -626,7 +636,7 @@ class LoraTrainer:
                 optimizer.step()
                 if self.embedding:
                     self.embedding.clamp_norm()
-                pipe.unet.eval()
+                self._train_mode(pipe, False)
             step += 1
             self.loss_history.append((step, float(loss.item())))
             self.on_event(TrainingEvent("step", step, cfg.max_steps, loss=float(loss.item()), lr=lr,
