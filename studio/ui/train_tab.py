@@ -75,9 +75,10 @@ def create_tab(services):
                             label="Auto-caption model", interactive=bool(caption_models),
                             info="models/Caption/<name> (BLIP, GIT, ...)" if caption_models else
                             f"unavailable: no captioning model in {services.captions.folder}")
-                        caption_overwrite = gr.Checkbox(False, label="Overwrite", info="existing captions too", scale=1)
-                        auto_caption = gr.Button("Auto-caption", scale=1, interactive=bool(caption_models),
-                                                 elem_id="train-autocaption")
+                        with gr.Column(scale=2, min_width=180):
+                            caption_overwrite = gr.Checkbox(False, label="Overwrite existing captions")
+                            auto_caption = gr.Button("Auto-caption", interactive=bool(caption_models),
+                                                     elem_id="train-autocaption")
                     dataset_info = gr.Markdown("Dataset: 0 images")
                     table = gr.Dataframe(headers=["image", "caption"], datatype=["str", "str"], interactive=True,
                                          label="Captions (edit in place; separate several phrasings of one image "
