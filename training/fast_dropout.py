@@ -1,7 +1,7 @@
 """Dropout for LoRA layers that draws its random mask faster on a CPU than torch's own.
 
 peft's `lora_dropout` zeroes a share of each LoRA layer's input; with LoRA on a UNet's convolutions (LoCon) those
-inputs are whole feature maps, and torch's CPU dropout (a float Bernoulli draw per element) costs a quarter of a
+inputs are whole feature maps, and torch's CPU dropout (a float Bernoulli draw per element) costs a sixth of a
 training step. Same effect here: each element is kept with probability 1 - p (to 1/65,536) and scaled by 1 / (1 - p),
 but from 16 random bits per element, drawn 64 at a time.
 """
