@@ -184,7 +184,7 @@ def _bare_lora_steps(base: Path, samples, steps: int, batch: int, rank: int, tar
         m.requires_grad_(False)
     pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets,
                                      lora_dropout=dropout))
-    pipe.unet.train()  # the dropout drops
+    pipe.unet.train()  # peft's LoRA dropout acts in train mode only, as in the studio's trainer
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)

@@ -34,14 +34,11 @@ class FastDropout(torch.nn.Module):
         return f"p={self.p}"
 
 
-def use_fast_dropout(model: torch.nn.Module) -> int:
-    """Swap each peft LoRA layer's `torch.nn.Dropout` for a FastDropout of the same rate; returns how many."""
-    swapped = 0
+def use_fast_dropout(model: torch.nn.Module) -> None:
+    """Swap each peft LoRA layer's `torch.nn.Dropout` for a FastDropout of the same rate."""
     for module in model.modules():
         drops = getattr(module, "lora_dropout", None)
         if isinstance(drops, torch.nn.ModuleDict):
             for name, drop in drops.items():
                 if isinstance(drop, torch.nn.Dropout):
                     drops[name] = FastDropout(drop.p)
-                    swapped += 1
-    return swapped
