@@ -174,6 +174,36 @@ def test_regularization_share_mixes_prior_images_into_batches(tiny_base, star_sa
     assert 0.35 < share < 0.65
 
 
+def test_prior_distillation_aims_regularization_rows_at_the_base_models_own_prediction(tiny_base, star_samples):
+    trainer = LoraTrainer(config(tiny_base, prior_distillation=True), star_samples, Path("unused"))
+    pipe = trainer._load()
+    with torch.no_grad():  # a LoRA that already changes the output (peft starts the up matrices at zero)
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    gen = torch.Generator().manual_seed(0)
+    noisy, target = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    t = torch.tensor([10, 500, 900])
+    ids = pipe.tokenizer(["a star"] * 3, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    ctx = pipe.text_encoder(ids)[0]
+    prior = torch.tensor([False, True, True])
+    with torch.no_grad():
+        with_lora = pipe.unet(noisy, t, ctx).sample
+        pipe.unet.disable_adapters()
+        base = pipe.unet(noisy, t, ctx).sample
+        pipe.unet.enable_adapters()
+    assert not torch.allclose(with_lora, base, atol=1e-4)
+
+    got = trainer._distilled_target(pipe, target, noisy, t, ctx, prior)
+    assert torch.equal(got[0], target[0]), "dataset rows keep the true noise"
+    assert torch.allclose(got[1:], base[1:], atol=1e-5), "regularization rows aim at the base model"
+    with torch.no_grad():
+        assert torch.allclose(pipe.unet(noisy, t, ctx).sample, with_lora, atol=1e-5), "the LoRA is back on"
+    plain = LoraTrainer(config(tiny_base), star_samples, Path("unused"))
+    assert plain._distilled_target(pipe, target, noisy, t, ctx, prior) is target
+
+
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_base, star_samples, tmp_path, monkeypatch):
     import errno
 
@@ -368,7 +398,7 @@ def test_subject_weight_reads_the_alpha_channel_and_weighs_the_loss(tiny_base, s
     pipe = trainer._load()
     images = [(Image.open(s.image_path).convert("RGB"), subject_mask(Image.open(s.image_path)), (64, 64))
               for s in cutouts]
-    latents, weights, _ = trainer._batch(pipe, random.Random(0), images)
+    latents, weights, _, _ = trainer._batch(pipe, random.Random(0), images)
     assert weights.shape == (2, 1) + latents.shape[-2:]
     h, w = latents.shape[-2:]
     middle, corner = weights[:, 0, h // 2 - 1:h // 2 + 1, w // 2 - 1:w // 2 + 1], weights[:, 0, 0, 0]
@@ -377,7 +407,7 @@ def test_subject_weight_reads_the_alpha_channel_and_weighs_the_loss(tiny_base, s
 
     cached = LoraTrainer(config(tiny_base, subject_weight=5, flip=True), cutouts, tmp_path / "c")
     cached.latent_cache = cached._cache_latents(pipe, images)
-    c_latents, c_weights, _ = cached._batch(pipe, random.Random(0), images)
+    c_latents, c_weights, _, _ = cached._batch(pipe, random.Random(0), images)
     assert c_latents.shape == latents.shape
     assert torch.allclose(c_weights[:, 0, h // 2, w // 2], torch.full((2,), 5.0))
     plain, mirrored = cached.latent_cache[0]
@@ -460,7 +490,7 @@ def test_flipped_images_get_mirrored_captions(tiny_base, tmp_path, cached):
     plain, mirrored = (trainer._encode(pipe, [img], [None])[0][0] for img in (left, ImageOps.mirror(left)))
     seen = set()
     for seed in range(8):
-        latents, _, captions = trainer._batch(pipe, random.Random(seed), images)
+        latents, _, captions, _ = trainer._batch(pipe, random.Random(seed), images)
         for latent, caption in zip(latents, captions):
             # the red block's side of the latent tells which view it is
             is_mirrored = (latent - mirrored).abs().mean() < (latent - plain).abs().mean()

@@ -17,7 +17,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 from training.captions import mirror_caption, pick_variant
 from training.noise_levels import sample_timesteps
@@ -71,6 +71,7 @@ class LoraTrainingConfig:
     embedding_init: str = ""  # word(s) whose mean embedding the trigger's starts from ("": the trigger word)
     embedding_only_steps: int = 0  # pivotal tuning's first phase: steps that train the embedding alone
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
+    prior_distillation: bool = False  # regularization images aim at the base model's own prediction (LoRA off)
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
     subject_weight: float = 1.0  # loss weight where an image's alpha channel marks the subject (1 = even)
     min_snr_gamma: float = 0.0  # Min-SNR loss weighting (Hang et al. 2023, kohya's min_snr_gamma; 0 = off)
@@ -97,6 +98,15 @@ class TrainingEvent:
     images: list = field(default_factory=list)  # (prompt, PIL image) for validation
     path: str = ""
     message: str = ""
+
+
+class Batch(NamedTuple):
+    """One training batch: latents, per-latent-cell loss weights, captions, which rows are regularization."""
+
+    latents: Any
+    weights: Any
+    captions: list[str]
+    prior: Any
 
 
 class TrainingStopped(Exception):
@@ -367,23 +377,42 @@ class LoraTrainer:
         pools = [[i for i in range(lo, hi) if images[i][2] == bucket] for lo, hi in ((0, n), (n, len(images)))]
         return [first] + [rng.choice(pools[reg] or pools[0] or pools[1]) for reg in from_reg[1:]]
 
-    def _batch(self, pipe, rng: random.Random, images: list):
+    def _batch(self, pipe, rng: random.Random, images: list) -> Batch:
         """Pick a batch from one aspect bucket and return its latents, per-latent-cell loss weights (1, or
-        `subject_weight` where the image's alpha channel marks the subject) and captions; from the latent cache
-        when there is one, else by augmenting and encoding the pixels."""
+        `subject_weight` where the image's alpha channel marks the subject), captions and which rows are
+        regularization images; from the latent cache when there is one, else by augmenting and encoding."""
         import torch
 
         idx = self._pick(rng, images)
+        prior = torch.tensor([i >= len(self.samples) for i in idx], device=pipe.device)
         if self.latent_cache is not None:
             mirrored = [bool(self.config.flip and rng.random() < 0.5) for _ in idx]
             picks = [self.latent_cache[i][int(m)] for i, m in zip(idx, mirrored)]
             mean, std, cells = (torch.stack(parts) for parts in zip(*picks))
             latents = (mean + std * torch.randn_like(mean)).to(pipe.device)
-            return latents, self._cell_weights(cells).to(pipe.device), self._captions(idx, rng, mirrored)
+            return Batch(latents, self._cell_weights(cells).to(pipe.device), self._captions(idx, rng, mirrored),
+                         prior)
         views = [self._augment(images[i][0], images[i][1], rng) for i in idx]
         mean, std, cells = self._encode(pipe, [img for img, _, _ in views], [mask for _, mask, _ in views])
         latents = mean + std * torch.randn_like(mean)
-        return latents, self._cell_weights(cells), self._captions(idx, rng, [m for _, _, m in views])
+        return Batch(latents, self._cell_weights(cells), self._captions(idx, rng, [m for _, _, m in views]), prior)
+
+    def _distilled_target(self, pipe, target, noisy, t, ctx, prior):
+        """`target` with the regularization rows replaced by the base model's own prediction (its LoRA off):
+        prior preservation by distillation, which asks the LoRA to leave what the base knows exactly as it was
+        rather than to fit the true noise of a few images again."""
+        import torch
+
+        if not (self.config.prior_distillation and bool(prior.any())):
+            return target
+        target = target.clone()
+        with torch.no_grad():
+            pipe.unet.disable_adapters()
+            try:
+                target[prior] = pipe.unet(noisy[prior], t[prior], ctx[prior].detach()).sample.to(target.dtype)
+            finally:
+                pipe.unet.enable_adapters()
+        return target
 
     def _encode(self, pipe, pixels: list, masks: list):
         """VAE latent mean and std of same-size images, and each subject mask's share per latent cell."""
@@ -603,7 +632,7 @@ class LoraTrainer:
                 break
             with self.step_lock:  # shares the device fairly: a generation waits at most one step
                 self._train_mode(pipe, True)
-                latents, weights, captions = self._batch(pipe, self._rng, images)
+                latents, weights, captions, prior = self._batch(pipe, self._rng, images)
                 noise = torch.randn_like(latents)
                 t = sample_timesteps(latents.shape[0], self.noise_scheduler.config.num_train_timesteps,
                                      device=latents.device)
@@ -621,6 +650,7 @@ class LoraTrainer:
                 with autocast:
                     ctx = pipe.text_encoder(ids)[0]
                     pred = pipe.unet(noisy, t, ctx).sample
+                    target = self._distilled_target(pipe, target, noisy, t, ctx, prior)
                 if cfg.min_snr_gamma > 0:
                     weights = weights * min_snr_weights(self.noise_scheduler, t, cfg.min_snr_gamma)
                 loss = weighted_mse(pred.float(), target.float(), weights)
