@@ -222,6 +222,7 @@ class LoraProofRecipe:
     learning_rate: float = 1e-3
     max_steps: int = 1500  # past it the other concepts fade (1,800: 0.771); 0: as many as fit the minutes
     regularization_share: float = 0.5
+    prior_distillation: bool = False  # regularization rows aim at the base model's own prediction (0.688 / 0.775)
     train_text_encoder: bool = False
     text_encoder_learning_rate: float = 0.0  # 0: the UNet LoRA's rate
     loraplus_lr_ratio: float = 1.0  # LoRA+: the up matrices' learning rate over the down ones'
@@ -254,6 +255,8 @@ LORA_RECIPE_FLAGS = (  # the bench command's flag for each LoraProofRecipe field
     ("--lora-rank", "rank", dict(type=int, help="LoRA proof: rank (= alpha)")),
     ("--lora-reg-share", "regularization_share",
      dict(type=float, help="LoRA proof: share of each batch from regularization images")),
+    ("--lora-prior-distillation", "prior_distillation",
+     dict(action=BOOL, help="LoRA proof: regularization images aim at the base model's own prediction (LoRA off)")),
     ("--lora-text-encoder", "train_text_encoder", dict(action="store_true",
                                                        help="LoRA proof: train the text encoder too")),
     ("--lora-text-encoder-lr", "text_encoder_learning_rate",
@@ -388,6 +391,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
                              text_encoder_learning_rate=recipe.text_encoder_learning_rate,
                              loraplus_lr_ratio=recipe.loraplus_lr_ratio,
                              regularization_share=recipe.regularization_share,
+                             prior_distillation=recipe.prior_distillation,
                              caption_dropout=recipe.caption_dropout, trigger_word="star", flip=recipe.flip,
                              train_embedding=recipe.train_embedding, train_conv=recipe.train_conv,
                              train_attention=recipe.train_attention,

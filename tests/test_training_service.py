@@ -83,6 +83,7 @@ def test_caption_files_with_several_lines_become_phrasing_variants(services, sta
     ({"train_embedding": True, "trigger_word": "star", "max_steps": 10, "embedding_only_steps": 10},
      "embedding_only_steps"),
     ({"train_attention": False, "train_conv": False}, "lora_layers"),
+    ({"prior_distillation": True}, "prior_distillation"),
     ({"skip_blocks": ["up_blocks.1", "decoder"]}, "skip_blocks"),
 ])
 def test_bad_parameters_name_the_field(services, star_folder, overrides, field):
@@ -121,8 +122,8 @@ def test_regularization_images_are_copied_and_checked(services, star_folder, tmp
         services.training.start(cfg(regularization_share=0.95), items, TINY_MODEL_ID, items)
     assert err.value.field == "regularization_share"
     prior = [DatasetItem(i.path, "a shape") for i in items[:2]]
-    run_id = services.training.start(cfg(max_steps=4, regularization_share=0.5, validation_every=0), items,
-                                     TINY_MODEL_ID, prior)
+    run_id = services.training.start(cfg(max_steps=4, regularization_share=0.5, prior_distillation=True,
+                                         validation_every=0), items, TINY_MODEL_ID, prior)
     assert wait_for(services, run_id).status == "done"
     run_dir = services.training.root / "runs" / run_id
     assert sorted(p.name for p in (run_dir / "regularization").iterdir()) == ["0000.png", "0000.txt", "0001.png",
