@@ -233,7 +233,7 @@ class TrainingService:
             raise ValidationError(f"mixed_precision must be one of {', '.join(PRECISIONS)}", "mixed_precision")
         if cfg.prior_distillation and not cfg.regularization_share:
             raise ValidationError("distilling the prior needs regularization images: set the regularization share "
-                                  "above 0 (0.05-0.9) or turn distillation off", "prior_distillation")
+                                  "above 0 (at most 0.9) or turn distillation off", "prior_distillation")
         max_steps = check_range("max_steps", cfg.max_steps, 1, 100_000, int)
         return replace(
             cfg,

@@ -169,7 +169,8 @@ def create_tab(services):
                                                          "knows: they keep its other concepts intact")
                             reg_share = gr.Slider(0, 0.9, value=0.0, step=0.05, scale=2,
                                                   label="Regularization share of each batch")
-                            prior_distill = gr.Checkbox(False, label="Distil the prior", scale=2,
+                        with gr.Row():
+                            prior_distill = gr.Checkbox(False, label="Distil the prior",
                                                         info="regularization images aim at the base model's own "
                                                              "prediction (LoRA off) instead of their pixels; about "
                                                              "7% slower per step")
