@@ -135,8 +135,9 @@ def create_tab(services):
                                                     info="pivotal tuning: learns a new embedding for the trigger word")
                             emb_init = gr.Textbox(label="Embedding starts from",
                                                   placeholder="the trigger word itself",
-                                                  info="a known word close to the concept (e.g. 'triangle' for a star) "
-                                                       "so the prompt's other words bind to it from the first step")
+                                                  info="empty is best for a concept the model has never seen: a "
+                                                       "known word (e.g. 'triangle' for a star) drifts toward the "
+                                                       "new concept, and failed images fall back to it")
                         with gr.Row():
                             emb_lr = gr.Number(start["embedding_learning_rate"], label="Embedding LR",
                                                minimum=1e-6, maximum=1,
