@@ -232,7 +232,7 @@ class LoraProofRecipe:
     train_attention: bool = False  # the attention projections (off: convolutions only, which keeps the others)
     train_embedding: bool = True  # pivotal tuning of the trigger word "star"
     embedding_learning_rate: float = 4e-2  # far from the start word quickly: the other concepts keep their shapes
-    embedding_init: str = ""  # word(s) the trigger embedding starts from ("": "star" itself, as the preset does)
+    embedding_init: str = "triangle"  # word(s) the trigger embedding starts from ("": "star" itself)
     embedding_only_steps: int = 0  # pivotal tuning's first phase: steps that train the trigger embedding alone
     subject_weight: float = 5.0  # loss weight on the objects' pixels (the images' alpha channel)
     min_snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (0 = off; 5 cut duplicates but taught no star shape)

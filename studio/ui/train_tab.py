@@ -135,9 +135,9 @@ def create_tab(services):
                                                     info="pivotal tuning: learns a new embedding for the trigger word")
                             emb_init = gr.Textbox(label="Embedding starts from",
                                                   placeholder="the trigger word itself",
-                                                  info="empty is best for a concept the model has never seen: a "
-                                                       "known word (e.g. 'triangle' for a star) drifts toward the "
-                                                       "new concept, and failed images fall back to it")
+                                                  info="a known word close to the concept (e.g. 'triangle' for a "
+                                                       "star) teaches it a little faster, but some of that word's "
+                                                       "own images turn into the new concept; empty leaves it be")
                         with gr.Row():
                             emb_lr = gr.Number(start["embedding_learning_rate"], label="Embedding LR",
                                                minimum=1e-6, maximum=1,
