@@ -244,6 +244,7 @@ class LoraProofRecipe:
     balanced: bool = False  # every colour equally often, each in both sizes (else drawn at random)
     skip_blocks: str = ""  # comma list of UNet blocks left without LoRA
     phrasings: int = 8  # caption variants per star image (its caption, then the world's varied phrasings)
+    class_prior: int = 90  # of the 240 regularization images: the star images' own scenes with a known shape
 
 
 BOOL = argparse.BooleanOptionalAction
@@ -295,6 +296,9 @@ LORA_RECIPE_FLAGS = (  # the bench command's flag for each LoraProofRecipe field
     ("--lora-phrasings", "phrasings",
      dict(type=int, help="LoRA proof: phrasings per star caption (1: the caption alone; more: varied phrasings as "
                          "caption variants)")),
+    ("--lora-class-prior", "class_prior",
+     dict(type=int, help="LoRA proof: regularization images (of 240) showing the star images' own scenes with a "
+                         "circle, square or triangle in turn instead (0: all 240 random scenes)")),
     ("--lora-out", "out", dict(help="LoRA proof: keep the LoRA and before/after contact sheets here")),
 )
 
@@ -363,15 +367,18 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     from training.lora_trainer import LoraTrainer, LoraTrainingConfig, unet_targets
     from training.model_card import generate_pairs, score_pipeline
     from studio.training_service import parse_skip_blocks
-    from training.world import concept_dataset, concept_scene, sample_scene
+    from training.world import class_prior_scenes, concept_dataset, concept_scene, sample_scene
 
     print(f"LoRA: teach the held-out 'star' ({recipe})", flush=True)
     cutouts = recipe.subject_weight != 1
     scenes = (concept_dataset(recipe.images, "star") if recipe.balanced
               else [concept_scene(seed, "star") for seed in range(recipe.images)])
     samples = _world_samples(tmp / "stars", scenes, cutouts, recipe.phrasings)
-    # regularization images: scenes of what the base model already knows (its own world, unseen seeds)
-    prior = _world_samples(tmp / "prior", [sample_scene(3_000_000 + seed) for seed in range(240)], cutouts)
+    # regularization images: what the base model already knows, in the star images' own scenes (class prior)
+    # and in scenes of its own world (unseen seeds)
+    prior_scenes = class_prior_scenes(scenes, min(recipe.class_prior, 240))
+    prior_scenes += [sample_scene(3_000_000 + seed) for seed in range(len(prior_scenes), 240)]
+    prior = _world_samples(tmp / "prior", prior_scenes, cutouts)
     stars = concept_prompt_set("star", recipe.eval_prompts)
     others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:recipe.eval_prompts]
     pipe = StableDiffusionPipeline.from_pretrained(BUILTIN_MODEL_DIR, torch_dtype=torch.float32)

@@ -55,7 +55,8 @@ def test_every_lora_recipe_field_has_a_flag_that_sets_it():
     assert recipe == bench.LoraProofRecipe()
     _, recipe = bench.parse_args(["--quick", "--lora-lr", "0.002", "--no-lora-embedding", "--lora-text-encoder",
                                   "--lora-skip-blocks", "up_blocks.2", "--lora-precision", "bf16",
-                                  "--lora-images", "32"])
+                                  "--lora-images", "32", "--lora-class-prior", "0"])
     assert (recipe.minutes, recipe.learning_rate, recipe.train_embedding, recipe.train_text_encoder) == (1.0, 0.002,
                                                                                                          False, True)
-    assert (recipe.skip_blocks, recipe.mixed_precision, recipe.images) == ("up_blocks.2", "bf16", 32)
+    assert (recipe.skip_blocks, recipe.mixed_precision, recipe.images, recipe.class_prior) == ("up_blocks.2", "bf16",
+                                                                                               32, 0)

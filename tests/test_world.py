@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from training.world import BASE_SHAPES, PATTERNS, SHAPES, concept_scene, render, sample_scene, vocabulary
+from training.world import (BASE_SHAPES, PATTERNS, SHAPES, Scene, ShapeObject, class_prior_scenes, concept_scene,
+                            render, reshaped, sample_scene, vocabulary)
 
 
 def test_same_seed_same_scene_and_pixels():
@@ -68,3 +69,21 @@ def test_caption_phrasings_start_with_the_caption_and_vary_the_rest():
     assert phrasings[0] == scene.caption and len(phrasings) == 8 and len(set(phrasings)) >= 3
     assert all("star" in p and "|" not in p and "\n" not in p for p in phrasings)  # no variant separators inside
     assert caption_phrasings(scene, 1) == [scene.caption]
+
+
+def test_class_prior_scenes_redraw_the_concept_scenes_with_each_known_shape():
+    stars = [concept_scene(seed, "star") for seed in range(4)]
+    prior = class_prior_scenes(stars, 10)
+    assert [p.objects[0].shape for p in prior] == ["circle"] * 4 + ["square"] * 4 + ["triangle"] * 2
+    for k, scene in enumerate(prior):  # the same composition, the shape word swapped in the caption
+        star = stars[k % 4]
+        assert scene == concept_scene(k % 4, BASE_SHAPES[k // 4])
+        assert scene.caption == star.caption.replace("star", scene.objects[0].shape)
+        assert "star" not in scene.caption
+        assert (scene.background, scene.objects[0].colour, scene.objects[0].centre) == \
+            (star.background, star.objects[0].colour, star.objects[0].centre)
+    count = reshaped(Scene("red", "plain", (ShapeObject("star", "blue", "small", (32, 64)),
+                                            ShapeObject("star", "blue", "small", (96, 64))), "count",
+                           "two blue stars on a red background"), "square")
+    assert count.caption == "two blue squares on a red background"
+    assert {o.shape for o in count.objects} == {"square"}

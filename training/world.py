@@ -300,6 +300,24 @@ def concept_dataset(n: int, shape: str = "star", seed: int = 0, pattern: str = "
             for i in range(n)]
 
 
+def reshaped(scene: Scene, shape: str) -> Scene:
+    """The same scene (background, colours, sizes, positions) with every object drawn as `shape` and the
+    caption's shape words (singular and plural) changed to match: a class-prior image of a concept's scene."""
+    import re
+
+    old = {o.shape for o in scene.objects}
+    words = re.compile(r"\b(" + "|".join(sorted(old)) + r")(s?)\b") if old else None
+    caption = words.sub(lambda m: shape + m.group(2), scene.caption) if words else scene.caption
+    return replace(scene, objects=tuple(replace(o, shape=shape) for o in scene.objects), caption=caption)
+
+
+def class_prior_scenes(scenes: list[Scene], n: int, shapes: tuple[str, ...] = BASE_SHAPES) -> list[Scene]:
+    """`n` class-prior scenes for a concept's training scenes: each scene with a known shape in its place, the
+    shapes in turn (all of `scenes` as the first shape, then as the second, ...), so the known shapes are
+    regularized in exactly the compositions the concept is taught in."""
+    return [reshaped(scenes[k % len(scenes)], shapes[(k // len(scenes)) % len(shapes)]) for k in range(n)]
+
+
 def vocabulary() -> list[str]:
     """Every word any caption can use (for the tokenizer), sorted."""
     words = set(COLOURS) | set(SHAPES) | {s + "s" for s in SHAPES} | set(SIZES) | set(POSITIONS)
