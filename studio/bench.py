@@ -244,10 +244,11 @@ class LoraProofRecipe:
     balanced: bool = False  # every colour equally often, each in both sizes (else drawn at random)
     skip_blocks: str = ""  # comma list of UNet blocks left without LoRA
     phrasings: int = 8  # caption variants per star image (its caption, then the world's varied phrasings)
-    class_prior: int = 90  # of the 240 regularization images: the star images' own scenes with a known shape
+    class_prior: int = 90  # of the PRIOR_IMAGES regularization images: the star images' own scenes with a known shape
 
 
 BOOL = argparse.BooleanOptionalAction
+PRIOR_IMAGES = 240  # the LoRA proof's regularization images
 LORA_RECIPE_FLAGS = (  # the bench command's flag for each LoraProofRecipe field
     ("--lora-minutes", "minutes", dict(type=float, help="LoRA proof: training time cap")),
     ("--lora-steps", "max_steps", dict(type=int, help="LoRA proof: steps (cosine schedule; 0: as many as fit the "
@@ -297,8 +298,8 @@ LORA_RECIPE_FLAGS = (  # the bench command's flag for each LoraProofRecipe field
      dict(type=int, help="LoRA proof: phrasings per star caption (1: the caption alone; more: varied phrasings as "
                          "caption variants)")),
     ("--lora-class-prior", "class_prior",
-     dict(type=int, help="LoRA proof: regularization images (of 240) showing the star images' own scenes with a "
-                         "circle, square or triangle in turn instead (0: all 240 random scenes)")),
+     dict(type=int, help=f"LoRA proof: regularization images (of {PRIOR_IMAGES}) showing the star images' own "
+                         f"scenes with a circle, square or triangle in turn (0: all {PRIOR_IMAGES} random scenes)")),
     ("--lora-out", "out", dict(help="LoRA proof: keep the LoRA and before/after contact sheets here")),
 )
 
@@ -376,8 +377,8 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     samples = _world_samples(tmp / "stars", scenes, cutouts, recipe.phrasings)
     # regularization images: what the base model already knows, in the star images' own scenes (class prior)
     # and in scenes of its own world (unseen seeds)
-    prior_scenes = class_prior_scenes(scenes, min(recipe.class_prior, 240))
-    prior_scenes += [sample_scene(3_000_000 + seed) for seed in range(len(prior_scenes), 240)]
+    prior_scenes = class_prior_scenes(scenes, min(recipe.class_prior, PRIOR_IMAGES))
+    prior_scenes += [sample_scene(3_000_000 + seed) for seed in range(len(prior_scenes), PRIOR_IMAGES)]
     prior = _world_samples(tmp / "prior", prior_scenes, cutouts)
     stars = concept_prompt_set("star", recipe.eval_prompts)
     others = [(p, s) for p, s in heldout_prompt_set() if parse_prompt(p).kind == "single"][:recipe.eval_prompts]

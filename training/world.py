@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageDraw
@@ -303,12 +304,11 @@ def concept_dataset(n: int, shape: str = "star", seed: int = 0, pattern: str = "
 def reshaped(scene: Scene, shape: str) -> Scene:
     """The same scene (background, colours, sizes, positions) with every object drawn as `shape` and the
     caption's shape words (singular and plural) changed to match: a class-prior image of a concept's scene."""
-    import re
-
-    old = {o.shape for o in scene.objects}
-    words = re.compile(r"\b(" + "|".join(sorted(old)) + r")(s?)\b") if old else None
-    caption = words.sub(lambda m: shape + m.group(2), scene.caption) if words else scene.caption
-    return replace(scene, objects=tuple(replace(o, shape=shape) for o in scene.objects), caption=caption)
+    if not scene.objects:
+        return scene
+    words = re.compile(r"\b(" + "|".join(sorted({o.shape for o in scene.objects})) + r")(s?)\b")
+    return replace(scene, objects=tuple(replace(o, shape=shape) for o in scene.objects),
+                   caption=words.sub(lambda m: shape + m.group(2), scene.caption))
 
 
 def class_prior_scenes(scenes: list[Scene], n: int, shapes: tuple[str, ...] = BASE_SHAPES) -> list[Scene]:
