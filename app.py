@@ -14,6 +14,8 @@ def launch_kwargs(settings: Settings) -> dict:
     """Safe launch defaults: local only unless asked, data dir served, databases and models never."""
     import gradio as gr
 
+    from studio.ui.shell import SCRIPT
+
     hf_cache = Path.home() / ".cache" / "huggingface"
     return dict(
         server_name=settings.host, server_port=settings.port, share=settings.share, auth=settings.auth,
@@ -21,7 +23,7 @@ def launch_kwargs(settings: Settings) -> dict:
         blocked_paths=[str(settings.data_dir / "db"), str(settings.models_root), str(hf_cache)],
         max_file_size=settings.max_file_size, enable_monitoring=False, strict_cors=True,
         inbrowser=settings.inbrowser, theme=gr.themes.Soft(primary_hue="violet"),
-        css_paths=[str(PROJECT_ROOT / "assets" / "studio.css")], footer_links=["api", "settings"],
+        css_paths=[str(PROJECT_ROOT / "assets" / "studio.css")], footer_links=["api", "settings"], js=SCRIPT,
     )
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from pipelines.prompt_weighting import encode_weighted_prompt, has_weighting
+from pipelines.tasks import PipelineCall, get_task
 
 # Linear latent -> RGB approximation for SD 1.x/2.x latents (rows: latent channels).
 SD_LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
@@ -22,25 +23,6 @@ class StepUpdate:
     step: int
     total: int
     preview: object | None = None  # PIL image every `preview_every` steps
-
-
-@dataclass
-class PipelineCall:
-    """Everything one pipeline call needs, already validated."""
-
-    mode: str  # txt2img | img2img | inpaint
-    prompt: str
-    negative_prompt: str
-    steps: int
-    cfg_scale: float
-    width: int
-    height: int
-    seeds: list[int]
-    init_image: object | None = None
-    mask_image: object | None = None
-    strength: float = 0.75
-    cfg_rescale: float = 0.0  # guidance_rescale (for zero-terminal-SNR models); only where the pipeline has it
-    extra: dict = field(default_factory=dict)
 
 
 def predicted_clean(scheduler, latents):
@@ -96,16 +78,9 @@ def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event 
         kwargs.update(encode_weighted_prompt(pipe, call.prompt, call.negative_prompt, device))
     else:
         kwargs.update(prompt=call.prompt, negative_prompt=call.negative_prompt or None)
-    if call.mode == "txt2img":
-        kwargs.update(width=call.width, height=call.height)
-    elif call.mode == "img2img":
-        kwargs.update(image=call.init_image, strength=call.strength)
-    elif call.mode == "inpaint":
-        kwargs.update(image=call.init_image, mask_image=call.mask_image, strength=call.strength,
-                      width=call.width, height=call.height)
+    kwargs.update(get_task(call.task).arguments(call))
     if call.cfg_rescale and supports_cfg_rescale(pipe):
         kwargs["guidance_rescale"] = call.cfg_rescale
-    kwargs.update(call.extra)
     state = {"cancelled": False}
 
     def step_end(p, step_index, timestep, tensors):

@@ -1,4 +1,5 @@
-"""Load a Stable Diffusion pipeline from a ModelSource and derive img2img / inpaint pipelines from it."""
+"""Load a Stable Diffusion pipeline (the base txt2img one) from a ModelSource; tasks derive theirs from it
+(pipelines.tasks)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from typing import Callable
 from pipelines.cpu_graphs import speed_up_on_cpu
 from pipelines.devices import DeviceChoice
 from pipelines.registry import ModelSource
-
-PIPELINE_KINDS = ("txt2img", "img2img", "inpaint")
 
 
 class ModelLoadError(RuntimeError):
@@ -69,16 +68,4 @@ def load_pipeline(source: ModelSource, device: DeviceChoice, offline: bool = Fal
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device.device)
     speed_up_on_cpu(pipe, device.device)
-    return pipe
-
-
-def derive_pipeline(base, kind: str):
-    """Build the img2img or inpaint pipeline sharing the base pipeline's weights (no reload)."""
-    import diffusers
-
-    if kind == "txt2img":
-        return base
-    cls = {"img2img": diffusers.AutoPipelineForImage2Image, "inpaint": diffusers.AutoPipelineForInpainting}[kind]
-    pipe = cls.from_pipe(base)
-    pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -51,6 +51,8 @@ class CaptionService:
         import torch
         from PIL import Image
 
+        if not items:
+            raise ValidationError("dataset is empty: add images before auto-captioning", "dataset")
         installed = self.models()
         if name not in installed:
             allowed = ", ".join(installed) if installed else f"none installed: put one in {self.folder}"

@@ -12,15 +12,17 @@ from typing import Callable
 
 from pipelines.cpu_graphs import warm_up_steps
 from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
-from pipelines.generation import PipelineCall, StepUpdate, run_pipeline, supports_cfg_rescale
+from pipelines.generation import StepUpdate, run_pipeline, supports_cfg_rescale
 from pipelines.prompt_weighting import extract_lora_tags
 from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
+from pipelines.tasks import TASKS, ImageInputs, PipelineCall
 from studio.errors import ValidationError, check_range
 from studio.images import load_image
-from studio.infotext import build_infotext, save_png_with_infotext
+from studio.infotext import (build_infotext, infotext_to_fields, parse_infotext, read_png_parameters,
+                             save_png_with_infotext)
 from studio.model_service import ModelService
 
-MODES = ("txt2img", "img2img", "inpaint")
+MODES = tuple(TASKS)  # txt2img, img2img, inpaint: one per task runner
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
 
@@ -91,6 +93,35 @@ class GenerationService:
         self.max_batch_size = max_batch_size
         self.max_batch_count = max_batch_count
 
+    # ------------------------------------------------------------------ choices for the UI
+    @staticmethod
+    def modes() -> list[str]:
+        return list(MODES)
+
+    @staticmethod
+    def samplers() -> list[str]:
+        return list(SAMPLERS)
+
+    @staticmethod
+    def default_sampler() -> str:
+        return DEFAULT_SAMPLER
+
+    def parameters_of(self, image_path) -> dict:
+        """The generation fields an image carries (A1111 infotext), for the Generate tab's PNG info: prompt,
+        negative_prompt, sampler (only a known one), steps, cfg_scale, cfg_rescale, width, height, seed."""
+        text = read_png_parameters(image_path) if image_path else None
+        if not text:
+            raise ValidationError("png_info: this image carries no generation parameters", "png_info")
+        fields = infotext_to_fields(parse_infotext(text))
+        if fields.get("sampler") not in SAMPLERS:
+            fields.pop("sampler", None)
+        return fields
+
+    @staticmethod
+    def infotext_of(image_path) -> str:
+        """The A1111 infotext an image carries, or ""."""
+        return (read_png_parameters(image_path) if image_path else None) or ""
+
     # ------------------------------------------------------------------ validation
     def validate(self, req: GenerationRequest) -> GenerationRequest:
         """Check every field and return a normalised copy; raise ValidationError naming the field."""
@@ -120,16 +151,17 @@ class GenerationService:
                                   0, 30, float),
             cfg_rescale=check_range("cfg_rescale", recommended["cfg_rescale"] if req.cfg_rescale is None
                                     else req.cfg_rescale, 0, 1, float),
-            seed=check_range("seed", req.seed, -1, MAX_SEED, int),
+            seed=check_range("seed", -1 if req.seed is None else req.seed, -1, MAX_SEED, int),
             batch_count=check_range("batch_count", req.batch_count, 1, self.max_batch_count, int),
             batch_size=check_range("batch_size", req.batch_size, 1, self.max_batch_size, int),
             strength=check_range("strength", req.strength, 0.01, 1.0, float),
         )
         out = replace(out, loras=self._resolve_loras(out))
-        if out.mode in ("img2img", "inpaint"):
+        task = TASKS[out.mode]
+        if task.needs_init_image:
             init = load_image(out.init_image, "init_image")
             out = replace(out, init_image=init.resize((width, height)) if init.size != (width, height) else init)
-            if out.mode == "inpaint":
+            if task.needs_mask:
                 mask = load_image(out.mask_image, "mask_image", mode="L")
                 if mask.size != init.size:
                     raise ValidationError(f"mask_image is {mask.width}x{mask.height} but init_image is "
@@ -175,8 +207,10 @@ class GenerationService:
     @staticmethod
     def _call(req: GenerationRequest, prompt: str, negative: str, seeds: list[int]) -> PipelineCall:
         """One pipeline call of a validated request (prompts already rewritten for LoRA tags and triggers)."""
+        inputs = (ImageInputs(req.init_image, req.mask_image, req.strength) if TASKS[req.mode].needs_init_image
+                  else None)
         return PipelineCall(req.mode, prompt, negative, req.steps, req.cfg_scale, req.width, req.height, seeds,
-                            req.init_image, req.mask_image, req.strength, req.cfg_rescale)
+                            req.cfg_rescale, inputs)
 
     def warm_up(self, model_id: str) -> float:
         """Load the model and run it at its default size, saving nothing, until loading, first-call set-up and

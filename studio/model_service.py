@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import Iterator
 
 from pipelines.devices import DeviceChoice
-from pipelines.loading import PIPELINE_KINDS, ModelLoadError, derive_pipeline, load_pipeline
+from pipelines.loading import ModelLoadError, load_pipeline
 from pipelines.model_cache import ModelCache
-from pipelines.registry import BUILTIN_ID, ModelNotFound, ModelRegistry, ModelSource, recommended_settings
+from pipelines.registry import (BUILTIN_ID, DEFAULT_GENERATION, ModelNotFound, ModelRegistry, ModelSource,
+                               recommended_settings)
+from pipelines.tasks import BASE_TASK, TASKS, derive_pipeline
 from studio.errors import StudioError, ValidationError
+
+
+NATIVE_SIZE = {"builtin": 128, "sd": 512, "sdxl": 1024}
 
 
 def file_sha256(path: Path, prefix: int = 10) -> str:
@@ -47,42 +52,55 @@ class ModelService:
         except (ModelNotFound, ValueError) as exc:
             raise ValidationError(str(exc).strip("'\""), "model") from None
 
-    def recommended(self, model_id: str) -> dict:
-        """The model's recommended generation settings (cfg_scale, cfg_rescale)."""
-        return recommended_settings(self.resolve(model_id))
+    def recommended(self, model_id: str | None) -> dict:
+        """The model's recommended generation settings (cfg_scale, cfg_rescale); the studio's defaults for
+        no model."""
+        return recommended_settings(self.resolve(model_id)) if model_id else dict(DEFAULT_GENERATION)
+
+    def native_size(self, model_id: str) -> int:
+        """The side in pixels the model was trained at (the built-in model 128, SD 512, SDXL 1024)."""
+        source = self.resolve(model_id)
+        return NATIVE_SIZE["builtin" if source.kind == "builtin" else source.family]
+
+    def lora_names(self) -> list[str]:
+        """Every LoRA under the models folder's Lora/, by the name a <lora:name:weight> tag uses."""
+        return sorted(self.registry.lora_files())
+
+    def no_model_message(self) -> str:
+        return self.registry.no_model_message()
 
     @contextmanager
-    def pipeline(self, model_id: str, kind: str = "txt2img", report=None) -> Iterator[object]:
-        """Yield the model's pipeline of `kind`, loading on a miss; pinned in the cache while inside.
+    def pipeline(self, model_id: str, task: str = BASE_TASK, report=None) -> Iterator[object]:
+        """Yield the model's pipeline for `task` (pipelines.tasks), loading on a miss; pinned in the cache while
+        inside.
 
         `report(done, total)` gets download progress (bytes) when a Hugging Face model is fetched."""
-        if kind not in PIPELINE_KINDS:
-            raise ValidationError(f"mode must be one of {', '.join(PIPELINE_KINDS)}; got {kind!r}", "mode")
+        if task not in TASKS:
+            raise ValidationError(f"mode must be one of {', '.join(TASKS)}; got {task!r}", "mode")
         source = self.resolve(model_id)
-        base_key = (source.id, "txt2img")
 
         def loader():
             return load_pipeline(source, self.device, self.offline, report)
 
         try:
-            with self._use(source.id, kind, loader) as pipe:
-                self._derive_every_mode(source.id, loader)
+            with self._use(source.id, task, loader) as pipe:
+                self._derive_every_task(source.id, loader)
                 yield pipe
         except ModelLoadError as exc:
             raise StudioError(str(exc), "model") from exc
 
-    def _use(self, model_id: str, kind: str, loader):
-        base_key = (model_id, "txt2img")
-        if kind == "txt2img":
+    def _use(self, model_id: str, task: str, loader):
+        base_key = (model_id, BASE_TASK)
+        if task == BASE_TASK:
             return self.cache.use(base_key, loader)
-        return self.cache.use((model_id, kind), loader, parent=base_key,
-                              derive=lambda base: derive_pipeline(base, kind))
+        return self.cache.use((model_id, task), loader, parent=base_key,
+                              derive=lambda base: derive_pipeline(base, task))
 
-    def _derive_every_mode(self, model_id: str, loader) -> None:
-        """Build img2img/inpaint views right after a load, so switching mode later is a cache hit."""
-        for kind in PIPELINE_KINDS:
-            if (model_id, kind) not in self.cache:
-                with self._use(model_id, kind, loader):
+    def _derive_every_task(self, model_id: str, loader) -> None:
+        """Build every task's view right after a load, so switching mode later is a cache hit."""
+        for task in TASKS:
+            if (model_id, task) not in self.cache:
+                with self._use(model_id, task, loader):
                     pass
 
     def model_hash(self, model_id: str) -> str:

@@ -13,7 +13,7 @@ class Services:
     settings: Settings
     models: "ModelService"
     generation: "GenerationService"
-    gallery: "GalleryStore"
+    gallery: "GalleryService"
     jobs: "JobRegistry"
     training: "TrainingService"
     device_lock: threading.Lock
@@ -26,9 +26,11 @@ def build_services(settings: Settings) -> Services:
     from pipelines.model_cache import ModelCache
     from pipelines.registry import CHECKPOINT_DIR, CONTROLNET_DIR, LORA_DIR, UPSCALER_DIR, ModelRegistry
     from studio.captioning import CAPTION_DIR, CaptionService
+    from studio.gallery_service import GalleryService
     from studio.generation_service import GenerationService
     from studio.jobs import JobRegistry
     from studio.model_service import ModelService
+    from studio.paths import PathGuard
     from studio.stores.gallery_store import GalleryStore
     from studio.stores.atomic_storage import JsonStore
     from studio.stores.runs_store import RunsStore
@@ -41,12 +43,13 @@ def build_services(settings: Settings) -> Services:
     registry = ModelRegistry(settings.builtin_model_dir, settings.models_root, settings.offline)
     cache = ModelCache(settings.cache_budget_bytes, on_evict=free_device_memory)
     models = ModelService(registry, cache, device, settings.offline)
-    gallery = GalleryStore(settings.data_dir / "db")
+    gallery = GalleryService(GalleryStore(settings.data_dir / "db"), settings.data_dir)
     device_lock = threading.Lock()
     generation = GenerationService(models, gallery, settings.data_dir, device_lock,
                                    settings.max_batch_size, settings.max_batch_count)
     training = TrainingService(RunsStore(settings.data_dir / "db" / "training_runs.json"), settings.data_dir,
                                settings.models_root / LORA_DIR, models, device_lock,
-                               JsonStore(settings.data_dir / "db" / "training_presets.json"))
+                               JsonStore(settings.data_dir / "db" / "training_presets.json"),
+                               PathGuard(settings.path_roots), gallery)
     captions = CaptionService(settings.models_root / CAPTION_DIR, cache, device, device_lock)
     return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions)

@@ -32,11 +32,17 @@ class Settings:
     max_batch_count: int = 16
     inbrowser: bool = False
     warm_up: bool = True  # load and run the selected model in the background at start (GenerationService.warm_up)
+    allowed_dirs: tuple[Path, ...] = ()  # folders beyond the data and models dirs that typed paths may name
     extra: dict = field(default_factory=dict)
 
     @property
     def models_root(self) -> Path:
         return self.models_dir or self.data_dir / "models"
+
+    @property
+    def path_roots(self) -> tuple[Path, ...]:
+        """Where a path typed into the studio may lead: the data dir, the models dir, --allow-dir folders."""
+        return (self.data_dir, self.models_root, *self.allowed_dirs)
 
     def with_generated_auth(self) -> tuple["Settings", str | None]:
         """Sharing without auth is refused: when --share has no --auth, make a random password."""
@@ -72,10 +78,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--inbrowser", action="store_true", help="open a browser tab on start")
     p.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                    help="do not load the selected model in the background at start")
+    p.add_argument("--allow-dir", dest="allowed_dirs", type=Path, action="append", default=[],
+                   help="a folder whose images typed paths may name (dataset folders); repeat for several")
     a = p.parse_args(argv)
     return Settings(
         data_dir=a.data_dir.resolve(), models_dir=a.models_dir.resolve() if a.models_dir else None,
         host=a.host, port=a.port, share=a.share, auth=a.auth, offline=a.offline, model=a.model,
         device=a.device, dtype=a.dtype, cache_budget_bytes=int(a.cache_gb * 1024**3), inbrowser=a.inbrowser,
-        warm_up=a.warm_up,
+        warm_up=a.warm_up, allowed_dirs=tuple(d.resolve() for d in a.allowed_dirs),
     )

@@ -15,36 +15,68 @@ from pathlib import Path
 from pipelines.embeddings import sidecar_path, trigger_embeddings, use_trigger_tokens
 from pipelines.registry import recommended_settings
 from studio.errors import BusyError, StudioError, ValidationError, check_range
+from studio.paths import PathGuard
 from training.captions import caption_variants, join_variants
+from training.curves import smooth
 from training.lora_trainer import (LR_SCHEDULERS, PRECISIONS, LoraTrainer, LoraTrainingConfig, TrainingEvent,
                                    TrainingSample, list_checkpoints, saved_loss_history)
+from training.recipes import PRESET_FIELDS, PRESETS  # the Train tab's presets (one table for all recipes)
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-
-PLAIN_LORA = {"lora_layers": "attention", "train_embedding": False, "embedding_learning_rate": 5e-3,
-              "subject_weight": 1.0, "lora_dropout": 0.0}
-PRESETS: dict[str, dict] = {  # every preset sets every field of PRESET_FIELDS, so switching presets is exact
-    "quick": {"rank": 4, "alpha": 4, "learning_rate": 2e-3, "max_steps": 150, "batch_size": 4,
-              "lr_scheduler": "constant", "checkpoint_every": 50, "validation_every": 50, **PLAIN_LORA},
-    "balanced": {"rank": 8, "alpha": 8, "learning_rate": 1e-3, "max_steps": 400, "batch_size": 4,
-                 "lr_scheduler": "cosine", "checkpoint_every": 100, "validation_every": 100, **PLAIN_LORA},
-    "quality": {"rank": 16, "alpha": 16, "learning_rate": 5e-4, "max_steps": 1200, "batch_size": 8,
-                "lr_scheduler": "cosine", "checkpoint_every": 200, "validation_every": 200, **PLAIN_LORA},
-    # the LoRA proof's measured recipe for a shape the base model cannot draw yet (README: the LoRA proof)
-    "new shape": {"rank": 16, "alpha": 16, "learning_rate": 1e-3, "max_steps": 1500, "batch_size": 8,
-                  "lr_scheduler": "cosine", "checkpoint_every": 250, "validation_every": 250,
-                  "lora_layers": "convolutions only", "train_embedding": True, "embedding_learning_rate": 4e-2,
-                  "subject_weight": 5.0, "lora_dropout": 0.1},
-}
-PRESET_FIELDS = tuple(PRESETS["quick"])  # what a preset sets, in the Train tab's order
 
 
 @dataclass
 class DatasetItem:
     path: str
     caption: str
+
+
+QUICK = PRESETS["quick"]
+
+
+@dataclass
+class TrainingRequest:
+    """What the Train tab (or an API client) asks for: the dataset and every parameter as the person set them;
+    `TrainingService.train` checks it and turns it into the trainer's LoraTrainingConfig."""
+
+    dataset: list[DatasetItem]
+    base_model: str
+    name: str = "my-lora"
+    rank: int = QUICK["rank"]
+    alpha: float = QUICK["alpha"]
+    learning_rate: float = QUICK["learning_rate"]
+    lr_scheduler: str = QUICK["lr_scheduler"]
+    max_steps: int = QUICK["max_steps"]
+    epochs: float = 0  # > 0: train this many passes over the dataset instead of max_steps
+    batch_size: int = QUICK["batch_size"]
+    resolution: int = 128
+    seed: int = 0
+    validation_prompts: str = ""  # one per line
+    validation_every: int = QUICK["validation_every"]
+    checkpoint_every: int = QUICK["checkpoint_every"]
+    flip: bool = False
+    random_crop: bool = False
+    train_text_encoder: bool = False
+    text_encoder_learning_rate: float = 0.0
+    loraplus_lr_ratio: float = 1.0
+    lora_dropout: float = QUICK["lora_dropout"]
+    lora_layers: str = QUICK["lora_layers"]  # a LORA_LAYERS choice
+    train_embedding: bool = QUICK["train_embedding"]
+    embedding_init: str = ""
+    embedding_learning_rate: float = QUICK["embedding_learning_rate"]
+    embedding_only_steps: int = 0
+    color_jitter: float = 0.0
+    caption_dropout: float = 0.0
+    subject_weight: float = QUICK["subject_weight"]
+    min_snr_gamma: float = 0.0
+    mixed_precision: str = "no"
+    skip_blocks: str = ""  # "up_blocks.2, mid_block"
+    regularization_folder: str = ""  # a folder inside the allowed roots (studio.paths)
+    regularization_share: float = 0.0
+    prior_distillation: bool = False
+    trigger_word: str = ""
 
 
 @dataclass
@@ -128,8 +160,10 @@ class TrainingService:
     """One training at a time in a background thread; every run recorded in the runs store."""
 
     def __init__(self, runs_store, data_dir: Path, lora_dir: Path, models, device_lock: threading.Lock,
-                 presets_store=None):
+                 presets_store=None, paths: PathGuard | None = None, gallery=None):
         self.runs = runs_store
+        self.paths = paths or PathGuard([data_dir])
+        self.gallery = gallery
         self.presets_store = presets_store
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "training"
@@ -183,7 +217,70 @@ class TrainingService:
         return [replace(i, caption=join_variants(tagged(v) for v in caption_variants(i.caption) or [""]))
                 for i in items]
 
+    def dataset_from_folder(self, folder: str, field: str = "folder") -> tuple[list[DatasetItem], list[str]]:
+        """The images of a typed folder, which must lie inside the allowed roots (studio.paths)."""
+        return self.load_dataset([str(self.paths.resolve(folder, field))])
+
+    def dataset_from_gallery(self, query: str, limit: int = 500) -> tuple[list[DatasetItem], list[str]]:
+        """Gallery images whose prompt matches `query`, captioned with their prompt unless a .txt says more."""
+        if self.gallery is None:
+            raise StudioError("the gallery is not available here", "gallery")
+        records, _ = self.gallery.list(limit=limit, query=(query or "").strip() or None)
+        paths = {str(self.data_dir / r["path"]): r["prompt"] for r in records}
+        items, skipped = self.load_dataset(list(paths))
+        return [DatasetItem(i.path, i.caption or paths.get(i.path, "")) for i in items], skipped
+
+    @staticmethod
+    def merge_datasets(items: list[DatasetItem], new: list[DatasetItem]) -> list[DatasetItem]:
+        """`items` followed by the new images not already in it."""
+        known = {i.path for i in items}
+        return list(items) + [i for i in new if i.path not in known]
+
+    @staticmethod
+    def with_captions(items: list[DatasetItem], captions: dict[int, str]) -> list[DatasetItem]:
+        """The dataset with item n's caption replaced by captions[n] where given."""
+        return [DatasetItem(i.path, captions.get(n, i.caption)) for n, i in enumerate(items)]
+
+    @staticmethod
+    def describe_dataset(items: list[DatasetItem], skipped=()) -> str:
+        """One line for the Train tab: images, how many captioned (and phrasings), what was skipped."""
+        variants = [len(caption_variants(i.caption)) for i in items]
+        captioned, phrasings = sum(1 for v in variants if v), sum(variants)
+        text = f"Dataset: **{len(items)}** images, {captioned} captioned"
+        if phrasings > captioned:
+            text += f" ({phrasings} phrasings)"
+        if skipped:
+            text += f" · skipped {len(skipped)} unreadable: " + ", ".join(skipped[:5])
+        return text
+
+    # ------------------------------------------------------------------ choices for the UI
+    @staticmethod
+    def lr_schedulers() -> list[str]:
+        return list(LR_SCHEDULERS)
+
+    @staticmethod
+    def precisions() -> list[str]:
+        return list(PRECISIONS)
+
+    @staticmethod
+    def layer_choices() -> list[str]:
+        return list(LORA_LAYERS)
+
+    @staticmethod
+    def smoothed(values: list[float]) -> list[float]:
+        """The loss curve's smoothed line."""
+        return smooth(values)
+
+    def base_models(self) -> list[str]:
+        """Models a LoRA can be trained on (diffusers folders: the built-in model and Stable-diffusion/)."""
+        return [m.id for m in self.models.registry.list_models() if m.kind in ("builtin", "diffusers")]
+
     # ------------------------------------------------------------------ presets
+    @staticmethod
+    def preset_fields() -> tuple[str, ...]:
+        """What a preset sets, in the Train tab's order."""
+        return PRESET_FIELDS
+
     def presets(self) -> dict[str, dict]:
         """Built-in presets, then the user's own (saved ones may not reuse a built-in name)."""
         saved = {p["name"]: p["params"] for p in self.presets_store.all()} if self.presets_store else {}
@@ -197,6 +294,7 @@ class TrainingService:
         unknown = set(params) - set(PRESET_FIELDS)
         if unknown:
             raise ValidationError(f"preset has unknown parameters: {', '.join(sorted(unknown))}", "preset")
+        params = {f: type(QUICK[f])(v or 0) for f, v in params.items()}
         self.presets_store.remove_where("name", name)
         self.presets_store.insert({"name": name, "params": params})
 
@@ -263,6 +361,36 @@ class TrainingService:
         )
 
     # ------------------------------------------------------------------ runs
+    def train(self, req: TrainingRequest) -> str:
+        """Check a Train-tab request, read its regularization folder, and start the run; returns its id."""
+        regularization: list[DatasetItem] = []
+        if (req.regularization_folder or "").strip():
+            regularization, _ = self.dataset_from_folder(req.regularization_folder, "regularization_folder")
+        max_steps = (self.steps_for_epochs(req.epochs, len(req.dataset), req.batch_size) if req.epochs
+                     else req.max_steps or 0)
+        cfg = LoraTrainingConfig(
+            base_model="", name=(req.name or "").strip(), rank=req.rank, alpha=req.alpha,
+            learning_rate=req.learning_rate, lr_scheduler=req.lr_scheduler, max_steps=max_steps,
+            batch_size=req.batch_size, resolution=req.resolution, seed=req.seed or 0, flip=bool(req.flip),
+            random_crop=bool(req.random_crop), color_jitter=req.color_jitter or 0.0,
+            train_text_encoder=bool(req.train_text_encoder),
+            text_encoder_learning_rate=req.text_encoder_learning_rate or 0.0,
+            loraplus_lr_ratio=1.0 if req.loraplus_lr_ratio is None else req.loraplus_lr_ratio,
+            mixed_precision=req.mixed_precision,
+            validation_prompts=[p.strip() for p in (req.validation_prompts or "").splitlines() if p.strip()],
+            validation_every=req.validation_every or 0, checkpoint_every=req.checkpoint_every or 0,
+            regularization_share=req.regularization_share or 0.0, prior_distillation=bool(req.prior_distillation),
+            caption_dropout=req.caption_dropout or 0.0, train_embedding=bool(req.train_embedding),
+            embedding_learning_rate=(QUICK["embedding_learning_rate"] if req.embedding_learning_rate is None
+                                     else req.embedding_learning_rate),
+            embedding_only_steps=(req.embedding_only_steps or 0) if req.train_embedding else 0,
+            **lora_layers(req.lora_layers), subject_weight=req.subject_weight or 1.0,
+            min_snr_gamma=req.min_snr_gamma or 0.0, lora_dropout=req.lora_dropout or 0.0,
+            trigger_word=(req.trigger_word or "").strip(), embedding_init=(req.embedding_init or "").strip(),
+            skip_blocks=parse_skip_blocks(req.skip_blocks), device=self.models.device.device,
+        )
+        return self.start(cfg, list(req.dataset), req.base_model, regularization)
+
     def busy(self) -> str | None:
         with self._lock:
             if self._thread and self._thread.is_alive():
@@ -303,6 +431,8 @@ class TrainingService:
         return run_id
 
     def resume(self, run_id: str) -> str:
+        if not run_id:
+            raise ValidationError("run: pick a run to resume", "run")
         record = self._record(run_id)
         if record["status"] in ("running", "queued") and self.busy() == run_id:
             raise BusyError(f"run {run_id} is already running", "run")
@@ -434,6 +564,18 @@ class TrainingService:
     def checkpoints(self, run_id: str) -> list[Path]:
         self._record(run_id)
         return [c / "lora.safetensors" for c in list_checkpoints(self.root / "runs" / run_id)]
+
+    def compare_request(self, run_id: str, prompt: str, seed, weights_text: str):
+        """The Train tab's X/Y grid from its fields: weights typed as "0, 0.5, 1"."""
+        if not run_id:
+            raise ValidationError("run: pick a run to compare its checkpoints", "run")
+        if not (prompt or "").strip():
+            raise ValidationError("prompt must not be empty", "prompt")
+        try:
+            weights = [float(w) for w in (weights_text or "").replace(";", ",").split(",") if w.strip()]
+        except ValueError:
+            raise ValidationError("weights must be numbers separated by commas, e.g. 0, 0.5, 1", "weights") from None
+        return self.compare(run_id, prompt, check_range("seed", seed or 0, 0, 2**32 - 1, int), weights)
 
     def compare(self, run_id: str, prompt: str, seed: int, weights: list[float], steps: int = 20):
         """X/Y grid: rows = saved checkpoints (and the final LoRA), columns = LoRA weights; returns PIL grid."""

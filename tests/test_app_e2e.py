@@ -45,12 +45,11 @@ def require_chromium() -> None:
 
 
 def generate_args(prompt="a red circle", **kw):
-    values = dict(model_id=TINY_MODEL_ID, mode_value="txt2img", prompt_text=prompt, negative_text="",
-                  sampler_name="Euler", steps_value=2, cfg_value=7, rescale_value=0.0,
-                  width_value=64, height_value=64,
-                  seed_value=5, count=1, size=1, init_path=None, editor_value=None, strength_value=0.75)
+    """Keyword arguments of the `generate` endpoint (every other field keeps its default)."""
+    values = dict(model=TINY_MODEL_ID, mode="txt2img", prompt=prompt, sampler="Euler", steps=2, cfg_scale=7,
+                  cfg_rescale=0.0, width=64, height=64, seed=5)
     values.update(kw)
-    return list(values.values())
+    return values
 
 
 def test_generate_through_gradio_client(served):
@@ -58,7 +57,7 @@ def test_generate_through_gradio_client(served):
 
     url, services = served
     client = Client(url, verbose=False)
-    preview, gallery, info, status = client.predict(*generate_args(), api_name="/generate")
+    preview, gallery, info, status = client.predict(**generate_args(), api_name="/generate")
     assert len(gallery) == 1 and "Seed: 5" in info and "1 image" in status
     records, total = services.gallery.list(query="red circle")
     assert total >= 1 and (services.settings.data_dir / records[0]["path"]).exists()
@@ -70,10 +69,10 @@ def test_bad_input_gets_a_clear_error_and_app_keeps_serving(served):
     url, _ = served
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="width must be a multiple of 8"):
-        client.predict(*generate_args(width_value=100), api_name="/generate")
+        client.predict(**generate_args(width=100), api_name="/generate")
     with pytest.raises(Exception, match="150"):  # the slider itself refuses it, naming the range
-        client.predict(*generate_args(steps_value=500), api_name="/generate")
-    _, gallery, _, _ = client.predict(*generate_args(), api_name="/generate")
+        client.predict(**generate_args(steps=500), api_name="/generate")
+    _, gallery, _, _ = client.predict(**generate_args(), api_name="/generate")
     assert len(gallery) == 1
 
 
@@ -85,7 +84,7 @@ def test_two_users_at_once_are_both_served(served):
 
     def user(n):
         client = Client(url, verbose=False)
-        results[n] = client.predict(*generate_args(f"user {n} square", seed_value=n), api_name="/generate")
+        results[n] = client.predict(**generate_args(f"user {n} square", seed=n), api_name="/generate")
 
     threads = [threading.Thread(target=user, args=(n,)) for n in range(2)]
     for t in threads:

@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 
 from training.captions import mirror_caption, pick_variant
 from training.noise_levels import sample_timesteps
+from training.recipes import TRAINER_DEFAULTS as DEFAULT
 
 LR_SCHEDULERS = ("constant", "cosine", "linear")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -33,18 +34,19 @@ TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 @dataclass
 class LoraTrainingConfig:
-    """Everything a run needs; saved with every checkpoint and inside the LoRA file's metadata."""
+    """Everything a run needs; saved with every checkpoint and inside the LoRA file's metadata. The recipe's
+    defaults come from training/recipes.py (TRAINER_DEFAULTS)."""
 
     base_model: str  # path of a diffusers folder
     base_model_id: str = ""
     name: str = "lora"
-    rank: int = 8
-    alpha: float = 8.0
-    learning_rate: float = 1e-3
-    lr_scheduler: str = "constant"
+    rank: int = DEFAULT["rank"]
+    alpha: float = DEFAULT["alpha"]
+    learning_rate: float = DEFAULT["learning_rate"]
+    lr_scheduler: str = DEFAULT["lr_scheduler"]
     warmup_steps: int = 0
-    max_steps: int = 300
-    batch_size: int = 4
+    max_steps: int = DEFAULT["max_steps"]
+    batch_size: int = DEFAULT["batch_size"]
     resolution: int = 128
     bucket_step: int = 64
     flip: bool = False
@@ -58,24 +60,24 @@ class LoraTrainingConfig:
     skip_blocks: list[str] = field(default_factory=list)  # UNet blocks left without LoRA, e.g. ["up_blocks.2"]
     seed: int = 0
     validation_prompts: list[str] = field(default_factory=list)
-    validation_every: int = 100
+    validation_every: int = DEFAULT["validation_every"]
     validation_steps: int = 20
     validation_guidance: float = 7.0  # CFG scale of the validation images (the studio sets the model's own)
     validation_rescale: float = 0.0  # CFG rescale of the validation images
-    checkpoint_every: int = 100
+    checkpoint_every: int = DEFAULT["checkpoint_every"]
     keep_checkpoints: int = 3
     mixed_precision: str = "no"
     trigger_word: str = ""
-    train_embedding: bool = False  # pivotal tuning: learn an input embedding for the trigger word too
-    embedding_learning_rate: float = 5e-3
+    train_embedding: bool = DEFAULT["train_embedding"]  # pivotal tuning: learn the trigger word's input embedding
+    embedding_learning_rate: float = DEFAULT["embedding_learning_rate"]
     embedding_init: str = ""  # word(s) whose mean embedding the trigger's starts from ("": the trigger word)
     embedding_only_steps: int = 0  # pivotal tuning's first phase: steps that train the embedding alone
     regularization_share: float = 0.0  # share of each batch drawn from the regularization images
     prior_distillation: bool = False  # regularization images aim at the base model's own prediction (LoRA off)
     caption_dropout: float = 0.0  # share of captions replaced by "" (keeps the unconditional branch in step)
-    subject_weight: float = 1.0  # loss weight where an image's alpha channel marks the subject (1 = even)
+    subject_weight: float = DEFAULT["subject_weight"]  # loss weight where the alpha channel marks the subject (1: even)
     min_snr_gamma: float = 0.0  # Min-SNR loss weighting (Hang et al. 2023, kohya's min_snr_gamma; 0 = off)
-    lora_dropout: float = 0.0  # dropout on each LoRA layer's input while training (peft's lora_dropout)
+    lora_dropout: float = DEFAULT["lora_dropout"]  # dropout on each LoRA layer's input in training (peft's)
     device: str = "cpu"
 
 

@@ -1,21 +1,23 @@
-"""Assemble the Blocks app from the tab modules."""
+"""Assemble the Blocks app from the tab modules: each builds itself and hands back a Tab (studio.ui.common);
+this module only lays them out, wires their on-load events and adds the page's shell (theme toggle, help)."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui import gallery_tab, generate_tab, models_tab, train_tab
+from studio.ui import gallery_tab, generate_tab, models_tab, shell, train_tab
+from studio.ui.common import PLUMBING
+
+TAB_MODULES = (generate_tab, train_tab, gallery_tab, models_tab)  # in the order the page shows them
 
 
 def build_ui(services) -> gr.Blocks:
     with gr.Blocks(title="AI Artist Studio") as demo:
-        gr.Markdown("# AI Artist Studio", elem_classes=["studio-title"])
+        shell.header()
         with gr.Tabs():
-            generate_tab.create_tab(services)
-            runs_view, runs_outputs = train_tab.create_tab(services)
-            gallery_load, gallery_inputs, gallery_outputs = gallery_tab.create_tab(services)
-            models_refresh, models_outputs = models_tab.create_tab(services)
-        demo.load(gallery_load, gallery_inputs, gallery_outputs, queue=False)
-        demo.load(models_refresh, None, models_outputs, queue=False)
-        demo.load(runs_view, None, runs_outputs, queue=False)
+            tabs = [module.create_tab(services) for module in TAB_MODULES]
+        shell.help_panel()
+        for tab in tabs:
+            for event in tab.on_load:
+                demo.load(event.fn, event.inputs, event.outputs, queue=False, **PLUMBING)
     return demo

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui.errors import user_errors
+from studio.ui.common import PLUMBING, LoadEvent, Tab, user_errors
 
 COLUMNS = ["model", "kind", "MB", "in use", "hits", "load s", "shares weights with"]
 
@@ -34,7 +34,7 @@ def settings_text(services) -> str:
     ])
 
 
-def create_tab(services) -> None:
+def create_tab(services) -> Tab:
     with gr.Tab("Models", id="models"):
         summary = gr.Markdown()
         table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Loaded models", elem_id="cache-table")
@@ -50,17 +50,17 @@ def create_tab(services) -> None:
         loaded = sorted({r[0] for r in rows})
         listed = services.models.choices()
         models_md = ("**Installed:** " + ", ".join(f"`{m}`" for m in listed)) if listed else \
-            services.models.registry.no_model_message()
+            services.models.no_model_message()
         return text, rows, gr.update(choices=loaded, value=loaded[0] if loaded else None), models_md
 
     @user_errors
-    def do_unload(model_id):
-        if model_id:
-            services.models.unload(model_id)
-            gr.Info(f"Unloaded {model_id}")
+    def do_unload(model):
+        if model:
+            services.models.unload(model)
+            gr.Info(f"Unloaded {model}")
         return refresh_all()
 
     outputs = [summary, table, target, installed]
-    refresh.click(refresh_all, None, outputs, queue=False)
-    unload.click(do_unload, target, outputs, queue=False)
-    return refresh_all, outputs
+    refresh.click(refresh_all, None, outputs, queue=False, api_name="models_status")
+    unload.click(do_unload, target, outputs, queue=False, api_name="unload_model")
+    return Tab("Models", on_load=[LoadEvent(refresh_all, [], outputs)])

@@ -6,15 +6,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.errors import ValidationError
-from studio.training_service import LORA_LAYERS, PRESET_FIELDS, PRESETS, DatasetItem, lora_layers, parse_skip_blocks
-from studio.ui.errors import user_errors
-from training.captions import caption_variants
-from training.curves import smooth
-from training.lora_trainer import LR_SCHEDULERS, PRECISIONS, LoraTrainingConfig
+from studio.training_service import TrainingRequest
+from studio.ui.common import ON_GPU, PLUMBING, Form, LoadEvent, Tab, user_errors
 
 POLL_SECONDS = 1.5
 RUN_COLUMNS = ["run", "name", "status", "step", "final loss", "images", "rank", "lr", "LoRA file"]
+FINISHED = {"done": gr.Info, "stopped": gr.Info, "failed": gr.Warning}  # toast when a run ends
 
 
 def _format_eta(seconds: float) -> str:
@@ -33,7 +30,8 @@ def _row_index(label) -> int:
     return int(head) - 1 if head.isdigit() else -1
 
 
-def curve_frame(losses: list[tuple[int, float]]):
+def curve_frame(losses: list[tuple[int, float]], smooth):
+    """The loss plot's frame: the raw losses and `smooth(raw)` as two series."""
     import pandas as pd
 
     if not losses:
@@ -46,11 +44,11 @@ def curve_frame(losses: list[tuple[int, float]]):
                          "series": ["raw"] * len(raw) + ["smoothed"] * len(raw)})
 
 
-def create_tab(services):
+def create_tab(services) -> Tab:
     training = services.training
-    model_choices = [m for m in services.models.choices() if not m.endswith(".safetensors")]
+    model_choices = training.base_models()
     default_model = services.models.default_model()
-    start = PRESETS["quick"]  # the fields open on the preset the dropdown shows
+    start = training.presets()["quick"]  # the fields open on the preset the dropdown shows
     with gr.Tab("Train", id="train"):
         gr.Markdown("Train a LoRA on your images. The curve updates live; the rest of the studio stays usable.")
         with gr.Row(equal_height=False):
@@ -60,7 +58,9 @@ def create_tab(services):
                                             "per line)",
                                       file_count="multiple", type="filepath", elem_id="train-upload")
                     with gr.Row():
-                        folder = gr.Textbox(label="…or a folder on this machine", scale=4)
+                        folder = gr.Textbox(label="…or a folder on this machine", scale=4,
+                                            info="inside the data or models folder, or one the studio was "
+                                                 "started with (--allow-dir)")
                         add_folder = gr.Button("Add folder", scale=1)
                     with gr.Row():
                         gallery_query = gr.Textbox(label="…or gallery images whose prompt contains", scale=4)
@@ -100,7 +100,7 @@ def create_tab(services):
                         rank = gr.Slider(1, 128, value=start["rank"], step=1, label="Rank")
                         alpha = gr.Slider(1, 128, value=start["alpha"], step=1, label="Alpha")
                         lr = gr.Number(start["learning_rate"], label="Learning rate")
-                        scheduler = gr.Dropdown(list(LR_SCHEDULERS), value=start["lr_scheduler"], label="LR scheduler")
+                        scheduler = gr.Dropdown(training.lr_schedulers(), value=start["lr_scheduler"], label="LR scheduler")
                     with gr.Row():
                         steps = gr.Number(start["max_steps"], label="Steps", precision=0)
                         epochs = gr.Number(0, label="…or epochs (0 = use steps)")
@@ -127,7 +127,7 @@ def create_tab(services):
                                                      info="drops a share of each LoRA layer's input while training "
                                                           "(regularizes; 0.1 is usual)")
                         with gr.Row():
-                            layers = gr.Radio(list(LORA_LAYERS), value=start["lora_layers"], label="LoRA layers",
+                            layers = gr.Radio(training.layer_choices(), value=start["lora_layers"], label="LoRA layers",
                                               info="LoCon or convolutions only: for shapes the base model cannot draw "
                                                    "yet (convolutions only leaves its colour binding alone)")
                         with gr.Row():
@@ -159,7 +159,7 @@ def create_tab(services):
                                                 info="evens out the noise levels' pull on the weights (5 is usual); "
                                                      "0 = off. Fewer duplicate objects, but a new shape learns "
                                                      "slower")
-                            precision = gr.Dropdown(list(PRECISIONS), value="no", label="Mixed precision",
+                            precision = gr.Dropdown(training.precisions(), value="no", label="Mixed precision",
                                                     info="bf16/fp16 where the device supports it")
                             skip_blocks = gr.Textbox(label="Skip UNet blocks",
                                                      placeholder="e.g. up_blocks.2, mid_block",
@@ -180,7 +180,7 @@ def create_tab(services):
                     train = gr.Button("Train", variant="primary", elem_id="train-button", scale=3)
                     stop = gr.Button("Stop", variant="stop", elem_id="train-stop", scale=1)
                 stats = gr.Markdown("No training yet.", elem_id="train-stats")
-                plot = gr.LinePlot(curve_frame([]), x="step", y="loss", color="series", height=320,
+                plot = gr.LinePlot(curve_frame([], training.smoothed), x="step", y="loss", color="series", height=320,
                                    x_axis_format="d", color_map={"raw": "#c4b5fd", "smoothed": "#6d28d9"}, label="Loss",
                                    elem_id="train-plot", x_title="step", y_title="loss")
                 validation = gr.Gallery(label="Validation images", columns=6, height=220, format="png",
@@ -206,135 +206,89 @@ def create_tab(services):
 
     def show_dataset(items, skipped=()):
         rows = [[_row_label(n, i.path), i.caption] for n, i in enumerate(items)]
-        variants = [len(caption_variants(i.caption)) for i in items]
-        captioned, phrasings = sum(1 for v in variants if v), sum(variants)
-        text = f"Dataset: **{len(items)}** images, {captioned} captioned"
-        if phrasings > captioned:
-            text += f" ({phrasings} phrasings)"
-        if skipped:
-            text += f" · skipped {len(skipped)} unreadable: " + ", ".join(skipped[:5])
-        return items, rows, [i.path for i in items[:64]], text
-
-    def merge(items, new):
-        known = {i.path for i in items}
-        return list(items) + [i for i in new if i.path not in known]
+        return items, rows, [i.path for i in items[:64]], training.describe_dataset(items, skipped)
 
     @user_errors
     def on_upload(files, items):
         new, skipped = training.load_dataset(list(files or []))
-        return show_dataset(merge(items, new), skipped)
+        return show_dataset(training.merge_datasets(items, new), skipped)
 
     @user_errors
-    def on_folder(path, items):
-        if not path or not Path(path).is_dir():
-            raise ValidationError(f"folder {path!r} is not a folder on this machine", "folder")
-        new, skipped = training.load_dataset([path])
-        return show_dataset(merge(items, new), skipped)
+    def on_folder(folder, items):
+        new, skipped = training.dataset_from_folder(folder)
+        return show_dataset(training.merge_datasets(items, new), skipped)
 
     @user_errors
     def on_gallery(query, items):
-        records, _ = services.gallery.list(limit=500, query=query or None)
-        data = services.settings.data_dir
-        new, skipped = training.load_dataset([str(data / r["path"]) for r in records])
-        prompts = {str(data / r["path"]): r["prompt"] for r in records}
-        new = [DatasetItem(i.path, i.caption or prompts.get(i.path, "")) for i in new]
-        return show_dataset(merge(items, new), skipped)
+        new, skipped = training.dataset_from_gallery(query)
+        return show_dataset(training.merge_datasets(items, new), skipped)
 
     def on_table_edit(frame, items):
         rows = frame.values.tolist() if hasattr(frame, "values") else frame
-        captions = {_row_index(r[0]): str(r[1] or "") for r in rows}
-        return [DatasetItem(i.path, captions.get(n, i.caption)) for n, i in enumerate(items)]
+        return training.with_captions(items, {_row_index(r[0]): str(r[1] or "") for r in rows})
 
-    def on_trigger(word, items):
-        return show_dataset(training.add_trigger(items, word or ""))
+    def on_trigger(trigger_word, items):
+        return show_dataset(training.add_trigger(items, trigger_word or ""))
 
     @user_errors
     def on_auto_caption(model, overwrite, items):
-        if not items:
-            raise ValidationError("dataset is empty: add images before auto-captioning", "dataset")
         return show_dataset(services.captions.caption(items, model, overwrite))
 
     outs = [items_state, table, grid, dataset_info]
-    auto_caption.click(on_auto_caption, [caption_model, caption_overwrite, items_state], outs)
-    uploads.upload(on_upload, [uploads, items_state], outs)
-    add_folder.click(on_folder, [folder, items_state], outs)
-    add_gallery.click(on_gallery, [gallery_query, items_state], outs)
-    add_trigger.click(on_trigger, [trigger, items_state], outs)
-    table.input(on_table_edit, [table, items_state], items_state)
+    auto_caption.click(on_auto_caption, [caption_model, caption_overwrite, items_state], outs,
+                       api_name="dataset_auto_caption", **ON_GPU)
+    uploads.upload(on_upload, [uploads, items_state], outs, api_name="dataset_add_files")
+    add_folder.click(on_folder, [folder, items_state], outs, api_name="dataset_add_folder")
+    add_gallery.click(on_gallery, [gallery_query, items_state], outs, api_name="dataset_add_gallery")
+    add_trigger.click(on_trigger, [trigger, items_state], outs, api_name="dataset_add_trigger")
+    table.input(on_table_edit, [table, items_state], items_state, **PLUMBING)
 
-    preset_fields = {"rank": rank, "alpha": alpha, "learning_rate": lr, "max_steps": steps, "batch_size": batch,
-                     "lr_scheduler": scheduler, "checkpoint_every": ck_every, "validation_every": val_every,
-                     "lora_layers": layers, "train_embedding": train_emb, "embedding_learning_rate": emb_lr,
-                     "subject_weight": subject_weight, "lora_dropout": lora_dropout}
-    preset_inputs = [preset_fields[f] for f in PRESET_FIELDS]
+    form = Form(
+        dataset=items_state, base_model=base, name=name, rank=rank, alpha=alpha, learning_rate=lr,
+        lr_scheduler=scheduler, max_steps=steps, epochs=epochs, batch_size=batch, resolution=resolution, seed=seed,
+        validation_prompts=val_prompts, validation_every=val_every, checkpoint_every=ck_every, flip=flip,
+        random_crop=crop, train_text_encoder=train_te, text_encoder_learning_rate=te_lr, loraplus_lr_ratio=loraplus,
+        lora_dropout=lora_dropout, lora_layers=layers, train_embedding=train_emb, embedding_init=emb_init,
+        embedding_learning_rate=emb_lr, embedding_only_steps=emb_only, color_jitter=jitter,
+        caption_dropout=caption_dropout, subject_weight=subject_weight, min_snr_gamma=min_snr,
+        mixed_precision=precision, skip_blocks=skip_blocks, regularization_folder=reg_folder,
+        regularization_share=reg_share, prior_distillation=prior_distill, trigger_word=trigger,
+    )
+    preset_inputs = [form.components[f] for f in training.preset_fields()]
 
     def on_preset(name):
         """Set every field the preset names; a field an older saved preset lacks is left as it is."""
         p = training.presets().get(name, {})
-        return [p[f] if f in p else gr.update() for f in PRESET_FIELDS]
+        return [p[f] if f in p else gr.update() for f in training.preset_fields()]
 
-    preset.change(on_preset, preset, preset_inputs, queue=False)
+    preset.change(on_preset, preset, preset_inputs, queue=False, **PLUMBING)
 
     @user_errors
     def on_save_preset(preset_label, *values):
-        params = {f: type(PRESETS["quick"][f])(v or 0) for f, v in zip(PRESET_FIELDS, values)}
-        training.save_preset(preset_label, params)
+        training.save_preset(preset_label, dict(zip(training.preset_fields(), values)))
         gr.Info(f"Preset {preset_label.strip()} saved")
         return gr.update(choices=list(training.presets()), value=preset_label.strip())
 
-    save_preset.click(on_save_preset, [preset_name, *preset_inputs], preset, queue=False)
+    save_preset.click(on_save_preset, [preset_name, *preset_inputs], preset, queue=False, **PLUMBING)
 
-    @user_errors
-    def on_train(items, model_id, lora_name, rank_v, alpha_v, lr_v, sched_v, steps_v, epochs_v, batch_v, res_v,
-                 seed_v, flip_v, crop_v, jitter_v, te_v, prec_v, prompts_v, val_v, ck_v, reg_folder_v="",
-                 reg_share_v=0.0, trigger_v="", caption_dropout_v=0.0, train_emb_v=False,
-                 layers_v="attention", subject_weight_v=1.0, emb_init_v="", te_lr_v=0.0, loraplus_v=1.0,
-                 skip_blocks_v="", min_snr_v=0.0, emb_lr_v=5e-3, emb_only_v=0, lora_dropout_v=0.0,
-                 prior_distill_v=False):
-        regularization = []
-        if (reg_folder_v or "").strip():
-            if not Path(reg_folder_v.strip()).is_dir():
-                raise ValidationError(f"regularization folder {reg_folder_v.strip()!r} is not a folder on this "
-                                      "machine", "regularization")
-            regularization, _ = training.load_dataset([reg_folder_v.strip()])
-        if epochs_v:
-            steps_v = training.steps_for_epochs(epochs_v, len(items), batch_v)
-        cfg = LoraTrainingConfig(
-            base_model="", name=(lora_name or "").strip(), rank=rank_v, alpha=alpha_v, learning_rate=lr_v,
-            lr_scheduler=sched_v, max_steps=steps_v or 0, batch_size=batch_v, resolution=res_v, seed=seed_v or 0,
-            flip=flip_v, random_crop=crop_v, color_jitter=jitter_v, train_text_encoder=te_v,
-            text_encoder_learning_rate=te_lr_v or 0.0, loraplus_lr_ratio=1.0 if loraplus_v is None else loraplus_v,
-            mixed_precision=prec_v, validation_prompts=[p.strip() for p in (prompts_v or "").splitlines()
-                                                        if p.strip()],
-            validation_every=val_v or 0, checkpoint_every=ck_v or 0, regularization_share=reg_share_v or 0.0,
-            prior_distillation=bool(prior_distill_v),
-            caption_dropout=caption_dropout_v or 0.0, train_embedding=bool(train_emb_v),
-            embedding_learning_rate=5e-3 if emb_lr_v is None else emb_lr_v,
-            embedding_only_steps=(emb_only_v or 0) if train_emb_v else 0,
-            **lora_layers(layers_v), subject_weight=subject_weight_v or 1.0, min_snr_gamma=min_snr_v or 0.0,
-            lora_dropout=lora_dropout_v or 0.0,
-            trigger_word=(trigger_v or "").strip(), embedding_init=(emb_init_v or "").strip(),
-            skip_blocks=parse_skip_blocks(skip_blocks_v), device=services.models.device.device,
-        )
-        replaces = training.lora_file(cfg.name).exists()
-        run_id = training.start(cfg, items, model_id, regularization)
+    @form.handler
+    def on_train(values: dict):
+        req = TrainingRequest(**values)
+        replaces = training.lora_file((req.name or "").strip()).exists()
+        run_id = training.train(req)
         gr.Info(f"Training started: run {run_id}")
         if replaces:
-            gr.Warning(f"A LoRA named {cfg.name} exists: this run replaces it when it ends (the earlier "
+            gr.Warning(f"A LoRA named {req.name.strip()} exists: this run replaces it when it ends (the earlier "
                        "run keeps its own copy in its run folder); change LoRA name to keep both")
         return run_id
 
-    train.click(on_train, [items_state, base, name, rank, alpha, lr, scheduler, steps, epochs, batch, resolution, seed,
-                           flip, crop, jitter, train_te, precision, val_prompts, val_every, ck_every, reg_folder,
-                           reg_share, trigger, caption_dropout, train_emb, layers, subject_weight, emb_init, te_lr,
-                           loraplus, skip_blocks, min_snr, emb_lr, emb_only, lora_dropout, prior_distill],
-                current, api_name="train")
+    train.click(on_train, form.inputs, current, api_name="train")
 
     def on_stop(run_id):
         training.stop(run_id)
         return "Stopping after the current step…"
 
-    stop.click(on_stop, current, stats, queue=False)
+    stop.click(on_stop, current, stats, queue=False, api_name="train_stop")
 
     def run_rows() -> list[list]:
         """One row per run, newest first; a live run shows its current step and status, not the last saved."""
@@ -346,13 +300,7 @@ def create_tab(services):
                          r.get("dataset_size", 0), cfg.get("rank"), cfg.get("learning_rate"), r.get("lora_path", "")])
         return rows
 
-    def poll(run_id, shown):
-        """Every tick: the stats line, curve, validation images and log of the run this page started; the run
-        list too whenever a run's status changed or another 25 steps were done (not every tick: it would
-        reset the table's scroll)."""
-        live = training.live(run_id)
-        if live is None:
-            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), shown
+    def status_text(live) -> str:
         pct = 100 * live.step / max(1, live.total)
         text = (f"**{live.name}** · {live.status} · step **{live.step}/{live.total}** ({pct:.0f}%) · "
                 f"loss {live.losses[-1][1]:.4f} · lr {live.lr:.2e} · {live.steps_per_second:.2f} steps/s · "
@@ -361,44 +309,57 @@ def create_tab(services):
             text += f"\n\n**Error:** {live.error}"
         if live.lora_path:
             text += f"\n\nLoRA saved: `{live.lora_path}` (use `<lora:{live.name}:0.8>` in a prompt)"
+        return text
+
+    def poll(run_id, shown):
+        """Every tick: the stats line, curve, validation images and log of the run this page started; the run
+        list too whenever a run's status changed or another 25 steps were done (not every tick: it would
+        reset the table's scroll); a toast when the run ends."""
+        live = training.live(run_id)
+        if live is None:
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), shown
         state = f"{run_id}:{live.status}:{live.step // 25}"
+        if state != shown and live.status in FINISHED and not shown.startswith(f"{run_id}:{live.status}:"):
+            FINISHED[live.status](f"Training {live.name}: {live.status} at step {live.step}")
         rows = run_rows() if state != shown else gr.update()
-        return (text, curve_frame(live.losses), [tuple(v) for v in live.validation[-16:]],
-                "\n".join(live.log[-200:]), rows, state)
+        return (status_text(live), curve_frame(live.losses, training.smoothed),
+                [tuple(v) for v in live.validation[-16:]], "\n".join(live.log[-200:]), rows, state)
 
     timer.tick(poll, [current, runs_shown], [stats, plot, validation, log_box, runs, runs_shown], queue=False,
-               show_progress="hidden")
+               show_progress="hidden", **PLUMBING)
+
+    def train_status(run_id: str) -> dict:
+        """A run's live state (status, step, total, losses, LoRA file), or its record when it is not live."""
+        live = training.live(run_id or None)
+        if live is None:
+            found = [r for r in training.list_runs() if r["id"] == run_id]
+            return {k: found[0].get(k) for k in ("id", "name", "status", "step", "final_loss", "lora_path")} \
+                if found else {}
+        return {"id": live.run_id, "name": live.name, "status": live.status, "step": live.step, "total": live.total,
+                "losses": live.losses[-50:], "lora_path": live.lora_path, "error": live.error}
+
+    gr.api(train_status, api_name="train_status", queue=False)
 
     def runs_view():
         rows = run_rows()
         ids = [r[0] for r in rows]
         return rows, gr.update(choices=ids, value=ids[0] if ids else None)
 
-    refresh.click(runs_view, None, [runs, run_pick], queue=False)
-    train.click(runs_view, None, [runs, run_pick], queue=False)
+    refresh.click(runs_view, None, [runs, run_pick], queue=False, **PLUMBING)
+    train.click(runs_view, None, [runs, run_pick], queue=False, **PLUMBING)
 
     @user_errors
     def on_resume(run_id):
-        if not run_id:
-            raise ValidationError("run: pick a run to resume", "run")
         training.resume(run_id)
         gr.Info(f"Resumed {run_id}")
         return run_id
 
-    resume.click(on_resume, run_pick, current)
+    resume.click(on_resume, run_pick, current, api_name="train_resume")
 
     @user_errors
-    def on_compare(run_id, prompt, seed_v, weights_text):
-        if not run_id:
-            raise ValidationError("run: pick a run to compare its checkpoints", "run")
-        if not (prompt or "").strip():
-            raise ValidationError("prompt must not be empty", "prompt")
-        try:
-            weights = [float(w) for w in (weights_text or "").replace(";", ",").split(",") if w.strip()]
-        except ValueError:
-            raise ValidationError("weights must be numbers separated by commas, e.g. 0, 0.5, 1", "weights") from None
-        return training.compare(run_id, prompt, int(seed_v or 0), weights)
+    def on_compare(run_id, prompt, seed, weights):
+        return training.compare_request(run_id, prompt, seed, weights)
 
-    compare.click(on_compare, [run_pick, cmp_prompt, cmp_seed, cmp_weights], cmp_image,
-                  concurrency_id="gpu", concurrency_limit=1)
-    return runs_view, [runs, run_pick]
+    compare.click(on_compare, [run_pick, cmp_prompt, cmp_seed, cmp_weights], cmp_image, api_name="train_compare",
+                  **ON_GPU)
+    return Tab("Train", on_load=[LoadEvent(runs_view, [], [runs, run_pick])])

@@ -1,0 +1,166 @@
+"""The UI kit every tab uses: the tab contract, the one GPU queue, form handlers that build typed requests,
+the job-streaming helper (thread + progress + Stop) and the adapter from domain errors to gr.Error.
+
+A tab module exposes `create_tab(services) -> Tab`; `app_ui` loops over the tabs and wires each one's
+`on_load` events, knowing nothing else about them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+
+from studio.errors import StudioError
+
+log = logging.getLogger(__name__)
+
+GPU_QUEUE = "gpu"
+# every event that runs a model joins the one GPU queue; its limit is the queue's default (Settings.gpu_concurrency)
+ON_GPU = {"concurrency_id": GPU_QUEUE, "concurrency_limit": "default"}
+# UI plumbing: works in the page, absent from the API page and refused to API clients
+PLUMBING = {"api_visibility": "private"}
+
+
+@dataclass
+class LoadEvent:
+    """An event the page runs when it opens (e.g. fill a table)."""
+
+    fn: Callable
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+
+
+@dataclass
+class Tab:
+    """What a tab module hands to the app: its title, its on-load events and the components other tabs may
+    send to (e.g. "prompt")."""
+
+    title: str
+    on_load: list[LoadEvent] = field(default_factory=list)
+    components: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- errors
+def _to_gr_error(exc: Exception) -> gr.Error:
+    if isinstance(exc, StudioError):
+        prefix = f"{exc.field}: " if exc.field and not str(exc).startswith(exc.field) else ""
+        return gr.Error(f"{prefix}{exc}")
+    log.exception("unexpected error in a UI handler")
+    return gr.Error(f"Unexpected error: {type(exc).__name__}: {exc}")
+
+
+def user_errors(fn):
+    """Wrap a handler so StudioError (and anything unexpected) reaches the page as a clear gr.Error."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise _to_gr_error(exc) from exc
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise _to_gr_error(exc) from exc
+    return wrapper
+
+
+# ---------------------------------------------------------------------- forms
+class Form:
+    """Named components whose values reach a handler as one dict, `{name: value}`.
+
+    `form.inputs` is the components list to pass to an event; `form.handler(fn)` wraps `fn(values, ...)` so its
+    API parameters carry the field names (gradio_client callers pass them as keywords, each defaulting to its
+    component's starting value) and Gradio still injects `gr.Request` / `gr.Progress` parameters that `fn`
+    declares after `values`."""
+
+    def __init__(self, **components):
+        self.components = components
+
+    @property
+    def inputs(self) -> list:
+        return list(self.components.values())
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.components)
+
+    def values(self, args) -> dict:
+        return dict(zip(self.names, args))
+
+    def handler(self, fn: Callable) -> Callable:
+        fn = user_errors(fn)
+        extra = [p if p.default is not inspect.Parameter.empty else p.replace(default=None)
+                 for p in list(inspect.signature(fn).parameters.values())[1:]]
+        n = len(self.names)
+
+        if inspect.isgeneratorfunction(fn):
+            def wrapper(*args, **kwargs):
+                return (yield from fn(self.values(args[:n]), *args[n:], **kwargs))
+        else:
+            def wrapper(*args, **kwargs):
+                return fn(self.values(args[:n]), *args[n:], **kwargs)
+        # every field defaults to its component's starting value, so API callers pass only what they change
+        params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                    default=getattr(component, "value", None))
+                  for name, component in self.components.items()]
+        wrapper.__signature__ = inspect.Signature(params + extra)
+        wrapper.__name__ = fn.__name__
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+# ---------------------------------------------------------------------- jobs
+def session_owner(request: gr.Request | None) -> str:
+    """Who a job belongs to, so that this page's Stop stops this page's jobs only."""
+    return request.session_hash if request is not None and request.session_hash else "api"
+
+
+def stream_job(jobs, owner: str, work: Callable[[threading.Event, Callable[[Any], None]], Any],
+               render: Callable[[Any], Any], poll_seconds: float = 0.1) -> Iterator:
+    """Run `work(cancel, report)` in a thread, registered under `owner` so a Stop click sets `cancel`; yield
+    `render(update)` for every `report(update)` (None renders are skipped) while it runs; then return work's
+    result (use `result = yield from stream_job(...)`) or raise its error in the handler's thread."""
+    updates: queue.Queue = queue.Queue()
+    outcome: dict = {}
+    with jobs.track(owner) as cancel:
+        def target():
+            try:
+                outcome["result"] = work(cancel, updates.put)
+            except BaseException as exc:  # re-raised in the handler's thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=target, daemon=True, name=f"job-{owner[:8]}")
+        thread.start()
+        while thread.is_alive() or not updates.empty():
+            try:
+                update = updates.get(timeout=poll_seconds)
+            except queue.Empty:
+                continue
+            shown = render(update)
+            if shown is not None:
+                yield shown
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
+
+
+def stop_jobs(jobs, request: gr.Request | None) -> str:
+    """The Stop buttons' handler body: cancel this page's running jobs."""
+    return "Stopping…" if jobs.cancel(session_owner(request)) else "Nothing is running."
