@@ -7,14 +7,13 @@ import sys
 import threading
 from pathlib import Path
 
+from pipelines.offline import enforce_offline
 from studio.settings import PROJECT_ROOT, Settings, parse_args
 
 
 def launch_kwargs(settings: Settings) -> dict:
     """Safe launch defaults: local only unless asked, data dir served, databases and models never."""
     import gradio as gr
-
-    from studio.ui.shell import SCRIPT
 
     hf_cache = Path.home() / ".cache" / "huggingface"
     return dict(
@@ -23,7 +22,7 @@ def launch_kwargs(settings: Settings) -> dict:
         blocked_paths=[str(settings.data_dir / "db"), str(settings.models_root), str(hf_cache)],
         max_file_size=settings.max_file_size, enable_monitoring=False, strict_cors=True,
         inbrowser=settings.inbrowser, theme=gr.themes.Soft(primary_hue="violet"),
-        css_paths=[str(PROJECT_ROOT / "assets" / "studio.css")], footer_links=["api", "settings"], js=SCRIPT,
+        css_paths=[str(PROJECT_ROOT / "assets" / "studio.css")], footer_links=["api", "settings"],
     )
 
 
@@ -59,6 +58,8 @@ def warm_up_in_background(services) -> threading.Thread:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings, password = parse_args(argv).with_generated_auth()
+    if settings.offline:  # before diffusers / transformers / huggingface_hub are imported
+        enforce_offline()
     if password:
         print(f"Sharing needs a login: user 'studio', password '{password}' (or pass --auth user:password)",
               flush=True)

@@ -6,19 +6,21 @@ rem   launch.bat bench                print the benchmark numbers
 setlocal
 cd /d "%~dp0"
 set MODE=%1
-set EXTRAS=
-if "%MODE%"=="test" set EXTRAS=[test]
-if "%MODE%"=="bench" set EXTRAS=[test]
 if not exist .venv\Scripts\python.exe (
   echo Creating .venv
   py -3.11 -m venv .venv || python -m venv .venv
 )
-if not exist .venv\.installed%EXTRAS% (
-  echo Installing dependencies (first run only)
+rem requirements.lock: the exact versions of every dependency and the test tools; refresh it with
+rem   uv pip compile pyproject.toml --extra test --universal --python-version 3.11 -o requirements.lock
+rem the stamp is a copy of what was installed from: a changed pyproject.toml or requirements.lock installs again
+copy /b /y pyproject.toml+requirements.lock .venv\.installing >nul
+fc /b .venv\.installing .venv\.installed >nul 2>&1
+if errorlevel 1 (
+  echo Installing dependencies ^(first run, or pyproject.toml / requirements.lock changed^)
   .venv\Scripts\python -m pip install --quiet --upgrade pip
-  .venv\Scripts\python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-  .venv\Scripts\python -m pip install --quiet -e ".%EXTRAS%"
-  type nul > .venv\.installed%EXTRAS%
+  .venv\Scripts\python -m pip install --quiet -r requirements.lock
+  .venv\Scripts\python -m pip install --quiet --no-deps -e .
+  move /y .venv\.installing .venv\.installed >nul
 )
 if "%MODE%"=="test" (
   shift
@@ -26,7 +28,7 @@ if "%MODE%"=="test" (
   exit /b %ERRORLEVEL%
 )
 if "%MODE%"=="bench" (
-  .venv\Scripts\python -m studio.bench
+  .venv\Scripts\python -m bench %2 %3 %4 %5 %6 %7 %8 %9
   exit /b %ERRORLEVEL%
 )
 .venv\Scripts\python app.py --inbrowser %*

@@ -13,19 +13,20 @@ if [ -z "$PYTHON_BIN" ]; then
   done
 fi
 MODE="${1:-run}"
-EXTRAS=""
-if [ "$MODE" = "test" ] || [ "$MODE" = "bench" ]; then EXTRAS="[test]"; fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "Creating .venv with $PYTHON_BIN"
   "$PYTHON_BIN" -m venv .venv
 fi
-STAMP=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)${EXTRAS:+-test}"
+# requirements.lock: the exact versions of every dependency and the test tools (the tests passed with these);
+# refresh it after changing pyproject.toml (add --upgrade to move to newer versions within its ranges):
+#   uv pip compile pyproject.toml --extra test --universal --python-version 3.11 -o requirements.lock
+STAMP=".venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
-  echo "Installing dependencies (first run only)"
+  echo "Installing dependencies (first run, or pyproject.toml / requirements.lock changed)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-  .venv/bin/python -m pip install --quiet -e ".${EXTRAS}"
+  .venv/bin/python -m pip install --quiet -r requirements.lock
+  .venv/bin/python -m pip install --quiet --no-deps -e .
   touch "$STAMP"
 fi
 
@@ -47,7 +48,7 @@ case "$MODE" in
     ;;
   bench)
     shift
-    exec .venv/bin/python -m studio.bench "$@"
+    exec .venv/bin/python -m bench "$@"
     ;;
   *)
     if [ "$MODE" = "run" ] && [ $# -gt 0 ]; then shift; fi

@@ -1,4 +1,4 @@
-"""Measure the gallery store at scale (used by `python -m studio.bench`)."""
+"""Measure the gallery store at scale (used by `python -m bench`)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from typing import Callable
 from pipelines.cpu_graphs import speed_up_on_cpu
 from pipelines.devices import DeviceChoice
 from pipelines.registry import ModelSource
+from pipelines.single_file import load_single_file
 
 
 class ModelLoadError(RuntimeError):
@@ -51,9 +52,7 @@ def load_pipeline(source: ModelSource, device: DeviceChoice, offline: bool = Fal
         if source.kind in ("builtin", "diffusers"):
             pipe = diffusers.DiffusionPipeline.from_pretrained(source.location, local_files_only=True, **kwargs)
         elif source.kind == "single_file":
-            cls = (diffusers.StableDiffusionXLPipeline if source.family == "sdxl"
-                   else diffusers.StableDiffusionPipeline)
-            pipe = cls.from_single_file(source.location, local_files_only=offline, **kwargs)
+            pipe = load_single_file(source.location, **kwargs)
         elif source.kind == "hub":
             folder = fetch_hub_model(source.location, offline, report)
             pipe = diffusers.AutoPipelineForText2Image.from_pretrained(folder, local_files_only=True, **kwargs)

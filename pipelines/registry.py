@@ -74,19 +74,22 @@ def detect_family_from_index(folder: Path) -> str:
 
 
 def detect_family_from_file(path: Path) -> str:
-    """Read only the safetensors header to tell SDXL from SD 1.x/2.x; a corrupt file raises ValueError."""
-    from safetensors import safe_open
+    """"sd" or "sdxl" for a single-file checkpoint, from its safetensors header (and an A1111 .yaml beside it);
+    a corrupt, non-checkpoint or unknown-family file raises ValueError naming what it holds."""
+    from pipelines.single_file import resolve_family
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            keys = list(fh.keys())
-    except Exception as exc:  # safetensors raises its own error types
-        raise ValueError(f"model file {path.name} is not a readable .safetensors checkpoint: {exc}") from exc
-    if any(k.startswith("conditioner.embedders.1") for k in keys):
-        return "sdxl"
-    if not any(k.startswith(("model.diffusion_model", "unet.", "down_blocks")) for k in keys):
-        raise ValueError(f"model file {path.name} holds no Stable Diffusion UNet weights")
-    return "sd"
+    return resolve_family(Path(path)).family.base
+
+
+def diffusers_folder_above(path: Path, root: Path) -> Path | None:
+    """The diffusers model folder (one with model_index.json) that `path` lies inside, below `root`; None when
+    `path` is not part of one."""
+    for parent in Path(path).parents:
+        if parent == root or root not in parent.parents:
+            return None
+        if (parent / "model_index.json").is_file():
+            return parent
+    return None
 
 
 class ModelRegistry:
@@ -110,9 +113,13 @@ class ModelRegistry:
             found.append(ModelSource(BUILTIN_ID, "builtin", str(self.builtin_dir)))
         root = self.checkpoints_dir()
         if root.is_dir():
+            folders: list[Path] = []  # diffusers folders: one model each, nothing inside them is listed
             for path in sorted(root.rglob("*")):
+                if any(folder in path.parents for folder in folders):
+                    continue
                 rel = path.relative_to(root).as_posix()
                 if path.is_dir() and (path / "model_index.json").exists():
+                    folders.append(path)
                     found.append(ModelSource(f"local:{rel}", "diffusers", str(path), self._safe_family(path)))
                 elif path.is_file() and path.suffix.lower() in SINGLE_FILE_EXT:
                     found.append(ModelSource(f"local:{rel}", "single_file", str(path)))
@@ -140,6 +147,11 @@ class ModelRegistry:
             if path.suffix.lower() in UNSAFE_EXT:
                 raise ValueError(f"model {rel}: pickled checkpoints ({', '.join(UNSAFE_EXT)}) are refused; "
                                  "convert it to .safetensors")
+            folder = diffusers_folder_above(path, self.checkpoints_dir())
+            if folder is not None:
+                whole = folder.relative_to(self.checkpoints_dir()).as_posix()
+                raise ValueError(f"model {rel!r} is a part of the diffusers model {whole!r}, not a model of its "
+                                 f"own; pick 'local:{whole}'")
             if path.is_dir() and (path / "model_index.json").exists():
                 return ModelSource(model_id, "diffusers", str(path), detect_family_from_index(path))
             if path.is_file() and path.suffix.lower() in SINGLE_FILE_EXT:

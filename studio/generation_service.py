@@ -13,6 +13,7 @@ from typing import Callable
 from pipelines.cpu_graphs import warm_up_steps
 from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
 from pipelines.generation import StepUpdate, run_pipeline, supports_cfg_rescale
+from pipelines.loras import load_lora_file
 from pipelines.prompt_weighting import extract_lora_tags
 from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
 from pipelines.tasks import TASKS, ImageInputs, PipelineCall
@@ -193,7 +194,7 @@ class GenerationService:
             return
         names = [f"lora{i}" for i in range(len(loras))]
         for adapter, (_, _, path) in zip(names, loras):
-            pipe.load_lora_weights(path, adapter_name=adapter)
+            load_lora_file(pipe, path, adapter)
         pipe.set_adapters(names, [w for _, w, _ in loras])
 
     # ------------------------------------------------------------------ running

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from pipelines import model_hashes
 from pipelines.devices import DeviceChoice
 from pipelines.loading import ModelLoadError, load_pipeline
 from pipelines.model_cache import ModelCache
@@ -21,23 +21,19 @@ NATIVE_SIZE = {"builtin": 128, "sd": 512, "sdxl": 1024}
 
 
 def file_sha256(path: Path, prefix: int = 10) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:prefix]
+    return model_hashes.file_sha256(path)[:prefix]
 
 
 class ModelService:
     """Resolves model ids, hands out cached pipelines, reports and unloads them."""
 
-    def __init__(self, registry: ModelRegistry, cache: ModelCache, device: DeviceChoice, offline: bool = False):
+    def __init__(self, registry: ModelRegistry, cache: ModelCache, device: DeviceChoice, offline: bool = False,
+                 hash_cache: Path | None = None):
         self.registry = registry
         self.cache = cache
         self.device = device
         self.offline = offline
-        self._hashes: dict[str, str] = {}
-        self._hash_lock = threading.Lock()
+        self.hashes = model_hashes.HashCache(hash_cache)  # None: kept in memory only
 
     def choices(self) -> list[str]:
         return [m.id for m in self.registry.list_models()]
@@ -104,15 +100,11 @@ class ModelService:
                     pass
 
     def model_hash(self, model_id: str) -> str:
-        """A1111-style short sha256 of the model's weights file (UNet file for diffusers folders)."""
-        source = self.resolve(model_id)
-        with self._hash_lock:
-            if source.id not in self._hashes:
-                self._hashes[source.id] = self._hash_source(source)
-            return self._hashes[source.id]
+        """A1111's short model hash (AutoV2) of the model's weights file (the UNet file for diffusers folders),
+        computed once per file version and cached by size + mtime (pipelines.model_hashes)."""
+        return self._hash_source(self.resolve(model_id))
 
-    @staticmethod
-    def _hash_source(source: ModelSource) -> str:
+    def _hash_source(self, source: ModelSource) -> str:
         if source.kind == "hub":
             return hashlib.sha256(source.location.encode()).hexdigest()[:10]
         path = Path(source.location)
@@ -121,7 +113,7 @@ class ModelService:
             if not files:
                 return "0000000000"
             path = files[0]
-        return file_sha256(path)
+        return self.hashes.autov2(path)
 
     def stats(self):
         return self.cache.stats()

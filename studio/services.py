@@ -36,13 +36,16 @@ def build_services(settings: Settings) -> Services:
     from studio.stores.runs_store import RunsStore
     from studio.training_service import TrainingService
 
+    if settings.offline:  # before any model library touches the network (pipelines.offline)
+        from pipelines.offline import enforce_offline
+        enforce_offline()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     for sub in (CHECKPOINT_DIR, LORA_DIR, CONTROLNET_DIR, UPSCALER_DIR, CAPTION_DIR):
         (settings.models_root / sub).mkdir(parents=True, exist_ok=True)
     device = choose_device(settings.device, settings.dtype)
     registry = ModelRegistry(settings.builtin_model_dir, settings.models_root, settings.offline)
     cache = ModelCache(settings.cache_budget_bytes, on_evict=free_device_memory)
-    models = ModelService(registry, cache, device, settings.offline)
+    models = ModelService(registry, cache, device, settings.offline, settings.data_dir / "cache" / "model_hashes.json")
     gallery = GalleryService(GalleryStore(settings.data_dir / "db"), settings.data_dir)
     device_lock = threading.Lock()
     generation = GenerationService(models, gallery, settings.data_dir, device_lock,

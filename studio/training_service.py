@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pipelines.embeddings import sidecar_path, trigger_embeddings, use_trigger_tokens
+from pipelines.loras import load_lora_file
 from pipelines.registry import recommended_settings
 from studio.errors import BusyError, StudioError, ValidationError, check_range
 from studio.paths import PathGuard
@@ -180,12 +181,16 @@ class TrainingService:
     def load_dataset(self, paths: list[str],
                      captions: dict[str, str] | None = None) -> tuple[list[DatasetItem], list[str]]:
         """Check every image (corrupt ones are skipped and listed); captions from `captions`, a .txt beside
-        the image, or empty."""
+        the image or given among `paths` with the image's name (uploads land in folders of their own), or
+        empty."""
         from PIL import Image
 
         items, skipped = [], []
+        given_texts = {Path(p).stem: Path(p) for p in paths if Path(p).suffix.lower() == ".txt"}
         for raw in paths:
             path = Path(raw)
+            if path.suffix.lower() == ".txt":
+                continue
             if path.is_dir():
                 sub, bad = self.load_dataset([str(p) for p in sorted(path.iterdir())
                                               if p.suffix.lower() in IMAGE_EXT], captions)
@@ -201,8 +206,9 @@ class TrainingService:
                 skipped.append(f"{path.name}: {type(exc).__name__}")
                 continue
             text = (captions or {}).get(str(path))
-            if text is None and path.with_suffix(".txt").exists():
-                text = join_variants(caption_variants(path.with_suffix(".txt").read_text()))  # a line per variant
+            caption_file = path.with_suffix(".txt") if path.with_suffix(".txt").exists() else given_texts.get(path.stem)
+            if text is None and caption_file is not None:
+                text = join_variants(caption_variants(caption_file.read_text()))  # a line per variant
             items.append(DatasetItem(str(path), text or ""))
         return items, skipped
 
@@ -594,7 +600,7 @@ class TrainingService:
         guidance = self.models.recommended(cfg.base_model_id)
         with self.device_lock, self.models.pipeline(cfg.base_model_id, "txt2img") as pipe:
             for f in files:
-                pipe.load_lora_weights(str(f), adapter_name="compare")
+                load_lora_file(pipe, f, "compare")
                 row = []
                 try:
                     with trigger_embeddings(pipe, [f]) as words:

@@ -63,3 +63,27 @@ def services(tmp_path, tiny_models_dir):
 @pytest.fixture(scope="session")
 def builtin_available() -> bool:
     return (BUILTIN_MODEL_DIR / "model_index.json").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, tiny_models_dir):
+    """The real app on the tiny model, served on 127.0.0.1: (url, services)."""
+    from app import create_app, launch_kwargs
+
+    tmp = tmp_path_factory.mktemp("app")
+    settings = make_settings(tmp, tiny_models_dir, port=free_port())
+    demo, services = create_app(settings)
+    kwargs = launch_kwargs(settings)
+    kwargs.update(prevent_thread_lock=True, quiet=True, inbrowser=False)
+    demo.launch(**kwargs)
+    yield f"http://127.0.0.1:{settings.port}/", services
+    services.training.shutdown()
+    demo.close()

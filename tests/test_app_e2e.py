@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from pathlib import Path
 
 import pytest
 
 from studio.training_service import PRESETS
-from tests.conftest import TINY_MODEL_ID, make_settings
+from tests.conftest import TINY_MODEL_ID
 
 CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_models_dir):
-    from app import create_app, launch_kwargs
-
-    tmp = tmp_path_factory.mktemp("app")
-    settings = make_settings(tmp, tiny_models_dir, port=free_port())
-    demo, services = create_app(settings)
-    kwargs = launch_kwargs(settings)
-    kwargs.update(prevent_thread_lock=True, quiet=True, inbrowser=False)
-    demo.launch(**kwargs)
-    yield f"http://127.0.0.1:{settings.port}/", services
-    services.training.shutdown()
-    demo.close()
 
 
 def require_chromium() -> None:
@@ -94,6 +72,59 @@ def test_two_users_at_once_are_both_served(served):
     assert sorted(results) == [0, 1] and all(len(r[1]) == 1 for r in results.values())
 
 
+def star_files(folder: Path, n: int = 2) -> list[str]:
+    """n star images of the shapes world with their captions in .txt files beside them."""
+    from training.world import concept_scene, render
+
+    files = []
+    for seed in range(n):
+        scene = concept_scene(seed, "star")
+        path = folder / f"star{seed}.png"
+        render(scene, 64).save(path)
+        path.with_suffix(".txt").write_text(scene.caption)
+        files.append(str(path))
+    return files
+
+
+def test_train_and_generate_through_the_named_api(served, tmp_path):
+    """A script drives the studio by the endpoint names the README lists: a dataset, a tiny run, its status,
+    then an image with the new LoRA."""
+    import time
+
+    from gradio_client import Client, handle_file
+
+    url, services = served
+    client = Client(url, verbose=False)
+    images = star_files(tmp_path)
+    captions = [str(Path(f).with_suffix(".txt")) for f in images]  # uploads pair a .txt with its image by name
+    _, _, summary = client.predict(files=[handle_file(f) for f in images + captions], api_name="/dataset_add_files")
+    assert "**2** images, 2 captioned" in summary
+    run_id = client.predict(base_model=TINY_MODEL_ID, name="api-star", max_steps=2, batch_size=1, resolution=64,
+                            validation_every=0, checkpoint_every=0, api_name="/train")
+    deadline = time.time() + 240
+    status = {}
+    while time.time() < deadline:
+        status = client.predict(run_id=run_id, api_name="/train_status")
+        if status.get("status") in ("done", "failed", "stopped"):
+            break
+        time.sleep(0.5)
+    assert status["status"] == "done" and status["step"] == 2, status
+    assert Path(status["lora_path"]).name == "api-star.safetensors"
+    _, gallery, info, _ = client.predict(**generate_args("a star <lora:api-star:0.8>"), api_name="/generate")
+    assert len(gallery) == 1 and 'Lora weights: "api-star: 0.8"' in info
+
+
+@pytest.mark.parametrize("typed", ["/etc", "../../..", "/", "~"])
+def test_a_typed_folder_outside_the_allowed_roots_is_refused(served, typed):
+    from gradio_client import Client
+
+    url, services = served
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="folder .* is outside the folders the studio may read") as refused:
+        client.predict(folder=typed, api_name="/dataset_add_folder")
+    assert str(services.settings.data_dir) in str(refused.value)
+
+
 @pytest.mark.browser
 def test_browser_generates_an_image(served, tmp_path):
     require_chromium()
@@ -132,15 +163,7 @@ def test_browser_training_plot_gains_points_while_it_runs(served, tmp_path):
 
     from playwright.sync_api import sync_playwright
 
-    from training.world import concept_scene, render
-
-    files = []
-    for seed in range(4):
-        scene = concept_scene(seed, "star")
-        path = tmp_path / f"star{seed}.png"
-        render(scene, 64).save(path)
-        path.with_suffix(".txt").write_text(scene.caption)
-        files.append(str(path))
+    files = star_files(tmp_path, 4)
     url, services = served
 
     def step_shown(page) -> int:
@@ -208,3 +231,57 @@ def test_browser_training_plot_gains_points_while_it_runs(served, tmp_path):
             services.training.stop()
             browser.close()
     assert services.training.list_runs()[0]["status"] == "stopped"
+
+
+def open_page(p, url, width=1400, height=1000):
+    browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url)
+    page.wait_for_selector("#prompt textarea", timeout=60_000)
+    return browser, page
+
+
+def type_prompt(page, text: str) -> None:
+    for _ in range(20):  # a page still hydrating may drop the first keystrokes: type until it sticks
+        page.fill("#prompt textarea", text)
+        page.wait_for_timeout(300)
+        if page.input_value("#prompt textarea") == text:
+            return
+
+
+@pytest.mark.browser
+def test_browser_shell_on_a_phone_dark_mode_shortcuts_and_help(served, tmp_path):
+    """At 390 px nothing is wider than the screen; the dark-mode choice survives a reload; Ctrl+Enter
+    generates; '?' opens the shortcuts."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    url, _ = served
+    with sync_playwright() as p:
+        browser, page = open_page(p, url, width=390, height=844)
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"the page is {overflow} px wider than a phone's screen"
+            dark_before = page.evaluate("document.body.classList.contains('dark')")
+            page.click("#theme-toggle")
+            assert page.evaluate("document.body.classList.contains('dark')") is not dark_before
+            page.reload()
+            page.wait_for_selector("#prompt textarea", timeout=60_000)
+            page.wait_for_function(f"document.body.classList.contains('dark') === {str(not dark_before).lower()}",
+                                   timeout=10_000)
+            type_prompt(page, "a blue triangle")
+            page.focus("#prompt textarea")
+            page.keyboard.press("Control+Enter")
+            page.wait_for_function("document.querySelector('#output-info textarea').value.includes('blue triangle')",
+                                   timeout=120_000)
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("?")
+            page.wait_for_function("document.querySelector('#help-panel').innerText.includes('Ctrl+Enter')",
+                                   timeout=10_000)
+            page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, errors

@@ -76,14 +76,14 @@ def test_lora_adapters_and_training_use_the_normal_forward(pipes):
     fast.unet.unload_lora()
     served = fast.unet.forward.graphs.served
     np.testing.assert_allclose(_image(fast), plain, atol=1e-4)
-    assert fast.unet.forward.graphs.served > served, "once the adapter is unloaded, the graph serves again"
+    assert fast.unet.forward.graphs.served == served + 3, "once the adapter is unloaded, the graph serves again"
 
     unet = fast.unet
     unet.train().requires_grad_(True)
     sample, context = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
     loss = unet(sample, torch.tensor(10), context).sample.square().mean()
     loss.backward()
-    assert any(p.grad is not None for p in unet.parameters() if p.requires_grad), "gradients flow in training"
+    assert all(p.grad is not None for p in unet.parameters() if p.requires_grad), "gradients flow in training"
 
 
 def test_only_small_unets_on_cpu_are_frozen(pipes):
@@ -91,7 +91,7 @@ def test_only_small_unets_on_cpu_are_frozen(pipes):
     assert worth_freezing(eager.unet, "cpu")
     assert not worth_freezing(eager.unet, "cuda")
     assert not speed_up_on_cpu(eager, "cuda")
-    assert not isinstance(eager.unet.__dict__.get("forward"), FrozenUNetForward)
+    assert "forward" not in eager.unet.__dict__
 
 
 def test_a_shape_is_frozen_only_after_an_image_of_eager_calls(tmp_path):

@@ -149,9 +149,9 @@ def test_kill_during_training_then_resume(tiny_base, star_samples, tmp_path):
             seen += 1
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert seen >= 2
+    assert seen == 2
     checkpoints = list_checkpoints(run_dir)
-    assert checkpoints, "a complete checkpoint survives the kill"
+    assert len(checkpoints) >= 2 and checkpoints[-1].name >= "step-000010", "the acknowledged checkpoints survive"
     last = int(checkpoints[-1].name.split("-")[1])
     resumed = LoraTrainer(config(tiny_base, max_steps=last + 5, checkpoint_every=5), star_samples, run_dir)
     result = resumed.run()
@@ -340,15 +340,15 @@ def test_embedding_only_steps_train_the_trigger_embedding_alone_first(tiny_base,
     stopped = trainer.run(stop)
     assert stopped.kind == "stopped" and rates[1] == rates[4] == 0.0  # the LoRA's rate, as the Train tab shows it
     assert [trainer._lora_factor(s) for s in (0, 3)] == [0.0, 0.0]
-    assert trainer._lora_factor(4) == 1.0 and 0 < trainer._schedule(4) < 1.0
+    assert trainer._lora_factor(4) == 1.0 and trainer._schedule(4) == pytest.approx(0.5)  # cosine, half of 8 steps
     ups = [t for k, t in load_file(stopped.path).items() if "lora_B" in k or "lora_up" in k]
-    assert ups and all(float(t.abs().max()) == 0.0 for t in ups)  # the LoRA has not moved yet
+    assert len(ups) == 32 and all(float(t.abs().max()) == 0.0 for t in ups)  # the LoRA has not moved yet
     _, vector = load_embedding(stopped.path)
     assert torch.equal(vector, trainer.embedding.vector())
     assert (vector.reshape(-1) - trainer.embedding.start).abs().max() > 1e-3  # the embedding has
     done = LoraTrainer(cfg, star_samples, tmp_path / "pivot").run()  # resumes into the second phase
     ups = [t for k, t in load_file(done.path).items() if "lora_B" in k or "lora_up" in k]
-    assert done.kind == "done" and any(float(t.abs().max()) > 0.0 for t in ups)
+    assert done.kind == "done" and all(float(t.abs().max()) > 0.0 for t in ups)
 
 
 def test_locon_adapts_the_convolutions_and_still_loads_in_diffusers(tiny_base, star_samples, tmp_path):
@@ -457,7 +457,7 @@ def test_text_encoder_trains_at_its_own_learning_rate_and_ships_in_the_lora(tiny
                           star_samples, tmp_path / "te")
     pipe = trainer._load()
     unet_group, text_group = trainer._param_groups(pipe)[:2]
-    assert (unet_group["base_lr"], text_group["base_lr"]) == (5e-3, 1e-4) and text_group["params"]
+    assert (unet_group["base_lr"], text_group["base_lr"]) == (5e-3, 1e-4) and len(text_group["params"]) == 40
     done = trainer.run()
     assert done.kind == "done"
     with safe_open(done.path, framework="pt") as fh:

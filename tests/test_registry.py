@@ -26,7 +26,7 @@ def test_lists_builtin_first_then_folder_models(tmp_path):
     reg = make_registry(tmp_path, builtin=True)
     ids = [m.id for m in reg.list_models()]
     assert ids[0] == BUILTIN_ID
-    assert "local:sub/mymodel" in ids and "local:broken.safetensors" in ids
+    assert ids[1:] == ["local:broken.safetensors", "local:sub/mymodel"]
     assert not any(i.endswith(".ckpt") for i in ids)
     assert reg.resolve("local:sub/mymodel").family == "sdxl"
 
@@ -86,7 +86,7 @@ def test_hub_download_reports_progress_and_loads_from_the_fetched_folder(tmp_pat
     pipe = load_pipeline(ModelSource("hf:owner/tiny", "hub", "owner/tiny"), choose_device("cpu", "float32"),
                          offline=False, report=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (1000, 1000) and len(seen) == 4
-    assert pipe.unet is not None
+    assert pipe.config._name_or_path == folder and tuple(pipe.unet.config.block_out_channels) == (4, 8)
 
 
 def test_recommended_settings_fall_back_on_defaults(tmp_path):
@@ -108,3 +108,22 @@ def test_model_card_names_the_recommended_settings(tmp_path):
     assert recommended_note(tmp_path) == ""
     (tmp_path / "generation_defaults.json").write_text('{"cfg_scale": 5, "cfg_rescale": 0.7}')
     assert "CFG scale 5, CFG rescale 0.7" in recommended_note(tmp_path)
+
+
+def test_a_diffusers_folder_is_one_model_and_its_parts_are_not_listed(tmp_path):
+    reg = make_registry(tmp_path)
+    folder = reg.checkpoints_dir() / "sub" / "mymodel"
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors", "text_encoder_2/model.safetensors"):
+        (folder / part).parent.mkdir(parents=True, exist_ok=True)
+        (folder / part).write_bytes(b"\x00" * 16)
+    (folder / "nested" / "inner").mkdir(parents=True)
+    (folder / "nested" / "inner" / "model_index.json").write_text("{}")
+    (reg.checkpoints_dir() / "sub" / "beside.safetensors").write_bytes(b"\x00" * 16)
+    ids = [m.id for m in reg.list_models()]
+    assert ids == ["local:broken.safetensors", "local:sub/beside.safetensors", "local:sub/mymodel"]
+    for part in ("sub/mymodel/unet/diffusion_pytorch_model.safetensors", "sub/mymodel/nested/inner",
+                 "sub/mymodel/text_encoder/model.safetensors"):
+        with pytest.raises(ValueError, match="is a part of the diffusers model 'sub/mymodel'.*'local:sub/mymodel'"):
+            reg.resolve(f"local:{part}")
+    assert reg.resolve("local:sub/mymodel").kind == "diffusers"

@@ -122,7 +122,7 @@ def test_sharding_by_day_and_reopen(tmp_path):
     assert again == [{**r, "verdict": "keep"} if r["id"] == ids[7] else r for r in first if r["id"] != ids[8]]
     assert reopened.get(ids[7])["verdict"] == "keep" and reopened.get(ids[8]) is None
     assert reopened.list(query="RED circle")[1] == 300
-    assert reopened.add(record(9999, NOW)) and reopened.count() == 3005
+    assert len(reopened.add(record(9999, NOW))) == 32 and reopened.count() == 3005
 
 
 def test_concurrent_adds_from_threads(tmp_path):
@@ -195,7 +195,7 @@ def test_corrupt_file_recovers_from_backup(tmp_path, damage, caplog):
 def test_corrupt_without_backup_starts_empty(tmp_path):
     (tmp_path / "x.json").write_text("{not json")
     assert AtomicJSONStorage(tmp_path / "x.json").read() is None
-    assert list(tmp_path.glob("x.json.corrupt-*")) and not (tmp_path / "x.json").exists()
+    assert len(list(tmp_path.glob("x.json.corrupt-*"))) == 1 and not (tmp_path / "x.json").exists()
     (tmp_path / "y.json").write_text("{")
     (tmp_path / "y.json.bak").write_text("{also bad")
     store = JsonStore(tmp_path / "y.json")
@@ -212,9 +212,10 @@ def test_corrupt_gallery_shard_recovers(tmp_path):
     shard.write_bytes(shard.read_bytes()[:40])  # torn
     reopened = GalleryStore(tmp_path)
     # the day's .bak holds everything before its last write; other days are untouched
-    assert reopened.get(a) is not None and reopened.get(b) is None and reopened.get(other) is not None
+    assert reopened.get(a)["prompt"] == "a red circle 1" and reopened.get(b) is None
+    assert reopened.get(other)["prompt"] == "a red circle 3"
     assert len(list((tmp_path / "gallery").glob(f"{shard.name}.corrupt-*"))) == 1
-    assert reopened.add(record(4, noon)) and GalleryStore(tmp_path).count() == 3
+    assert len(reopened.add(record(4, noon))) == 32 and GalleryStore(tmp_path).count() == 3
 
 
 KILL_LOOP = """
@@ -262,7 +263,7 @@ def test_kill_during_writes_loses_no_acknowledged_record(tmp_path, kind, after, 
     assert len(acked) == after, (tmp_path / "stderr.txt").read_text()
     if kind == "gallery":
         store = GalleryStore(tmp_path)
-        assert all(store.get(a) is not None for a in acked) and store.count() >= after
+        assert all(store.get(a)["prompt"] == f"p {i}" for i, a in enumerate(acked)) and store.count() >= after
     else:
         ids = {str(d["id"]) for d in JsonStore(tmp_path / "runs.json").all()}
         assert set(acked) <= ids

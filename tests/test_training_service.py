@@ -49,8 +49,8 @@ def wait_for(services, run_id, statuses=("done", "stopped", "failed"), timeout=2
 
 def test_dataset_skips_corrupt_images_and_reads_captions(services, star_folder):
     items, skipped = services.training.load_dataset([str(star_folder)])
-    assert len(items) == 5 and all(i.caption for i in items)
-    assert skipped == ["broken.png: UnidentifiedImageError"] or skipped[0].startswith("broken.png")
+    assert [i.caption for i in items] == [concept_scene(seed, "star").caption for seed in range(5)]
+    assert len(skipped) == 1 and skipped[0].startswith("broken.png: "), skipped  # the error's name varies with PIL
     tagged = services.training.add_trigger(items, "sks")
     assert all(i.caption.startswith("sks, ") for i in tagged)
 
@@ -142,7 +142,7 @@ def test_run_in_background_records_history_and_lora_changes_generation(services,
     assert [s for s, _ in live.losses] == list(range(1, 31))
     assert len(live.validation) == 3 and live.lora_path.endswith("stars.safetensors")
     record = services.training.list_runs()[0]
-    assert record["status"] == "done" and record["final_loss"] is not None and record["step"] == 30
+    assert record["status"] == "done" and record["final_loss"] == live.losses[-1][1] and record["step"] == 30
     assert services.training.lora_file("stars") == Path(live.lora_path) and Path(live.lora_path).is_file()
     assert (services.settings.data_dir / "training" / "runs" / run_id / "loss.png").exists()
 
@@ -156,7 +156,7 @@ def test_run_in_background_records_history_and_lora_changes_generation(services,
     assert 'Lora weights: "stars: 1"' in tagged.infotext
 
     grid = services.training.compare(run_id, "a star", 1, [0.0, 1.0], steps=2)
-    assert grid.width > 128 and grid.height > 64
+    assert grid.size == (110 + 2 * (64 + 4), 18 + 3 * (64 + 4))  # labels; 2 weights x checkpoints 10, 20, 30
 
 
 def test_trigger_embedding_travels_with_the_lora_into_generate(services, star_folder):
@@ -230,7 +230,7 @@ def test_every_builtin_preset_sets_every_field_with_valid_values(services, star_
 def test_user_presets_and_epochs(services):
     services.training.save_preset("mine", {"rank": 12, "learning_rate": 3e-4})
     assert services.training.presets()["mine"] == {"rank": 12, "learning_rate": 3e-4}
-    assert {"quick", "balanced", "quality", "mine"} <= set(services.training.presets())
+    assert set(services.training.presets()) == {"quick", "balanced", "quality", "new shape", "mine"}
     with pytest.raises(ValidationError):
         services.training.save_preset("quick", {"rank": 1})
     with pytest.raises(ValidationError):

@@ -17,7 +17,10 @@ def build_ui(services) -> gr.Blocks:
         with gr.Tabs():
             tabs = [module.create_tab(services) for module in TAB_MODULES]
         shell.help_panel()
+        shell.install_script(demo)
         for tab in tabs:
             for event in tab.on_load:
                 demo.load(event.fn, event.inputs, event.outputs, queue=False, **PLUMBING)
+            for name, fn in tab.api.items():
+                gr.api(fn, api_name=name, queue=False)
     return demo

@@ -39,11 +39,12 @@ class LoadEvent:
 
 @dataclass
 class Tab:
-    """What a tab module hands to the app: its title, its on-load events and the components other tabs may
-    send to (e.g. "prompt")."""
+    """What a tab module hands to the app: its title, its on-load events, API-only endpoints (name -> typed
+    function, served through gr.api) and the components other tabs may send to (e.g. "prompt")."""
 
     title: str
     on_load: list[LoadEvent] = field(default_factory=list)
+    api: dict[str, Callable] = field(default_factory=dict)
     components: dict[str, Any] = field(default_factory=dict)
 
 

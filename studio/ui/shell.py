@@ -1,5 +1,5 @@
 """The page around the tabs: the title bar with a remembered dark-mode toggle, the keyboard shortcuts and their
-help panel. The script runs once when the page opens (passed to launch as `js`)."""
+help panel. The script runs once the page has loaded (an on-load event with JavaScript only)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def header() -> None:
         gr.Markdown("# AI Artist Studio", elem_classes=["studio-title"])
         theme = gr.Button("◐ Dark / light", elem_id="theme-toggle", scale=0, min_width=140, size="sm")
     theme.click(None, js="() => window.studioToggleTheme()")
+
+
+def install_script(demo: gr.Blocks) -> None:
+    """Run SCRIPT in the browser when the page has loaded (after Gradio set its own theme)."""
+    demo.load(None, js=SCRIPT)
 
 
 def help_panel() -> None:

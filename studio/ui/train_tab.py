@@ -338,7 +338,6 @@ def create_tab(services) -> Tab:
         return {"id": live.run_id, "name": live.name, "status": live.status, "step": live.step, "total": live.total,
                 "losses": live.losses[-50:], "lora_path": live.lora_path, "error": live.error}
 
-    gr.api(train_status, api_name="train_status", queue=False)
 
     def runs_view():
         rows = run_rows()
@@ -362,4 +361,4 @@ def create_tab(services) -> Tab:
 
     compare.click(on_compare, [run_pick, cmp_prompt, cmp_seed, cmp_weights], cmp_image, api_name="train_compare",
                   **ON_GPU)
-    return Tab("Train", on_load=[LoadEvent(runs_view, [], [runs, run_pick])])
+    return Tab("Train", on_load=[LoadEvent(runs_view, [], [runs, run_pick])], api={"train_status": train_status})
