@@ -19,7 +19,7 @@ if errorlevel 1 (
   echo Installing dependencies ^(first run, or pyproject.toml / requirements.lock changed^)
   .venv\Scripts\python -m pip install --quiet --upgrade pip
   .venv\Scripts\python -m pip install --quiet -r requirements.lock
-  .venv\Scripts\python -m pip install --quiet --no-deps -e .
+  .venv\Scripts\python -m pip install --quiet --no-deps --no-build-isolation -e .
   move /y .venv\.installing .venv\.installed >nul
 )
 if "%MODE%"=="test" (

@@ -26,7 +26,7 @@ if [ ! -f "$STAMP" ]; then
   echo "Installing dependencies (first run, or pyproject.toml / requirements.lock changed)"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r requirements.lock
-  .venv/bin/python -m pip install --quiet --no-deps -e .
+  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .  # built with the lock's setuptools
   touch "$STAMP"
 fi
 

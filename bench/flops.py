@@ -8,7 +8,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Self
 
 import torch
 from torch.utils import flop_counter
@@ -61,7 +62,7 @@ class CallRecorder:
             self.args, self.kwargs = args, kwargs
         self.calls += 1
 
-    def __enter__(self) -> CallRecorder:
+    def __enter__(self) -> Self:
         self._handle = self.module.register_forward_pre_hook(self._hook, with_kwargs=True)
         return self
 
@@ -88,6 +89,8 @@ def _matmul_peak(dtype: torch.dtype, n: int, repeats: int, threads: int) -> floa
 
 
 def share_of_peak(flops_per_call: float, calls: float, seconds: float, peak: float) -> str:
-    """'0.31 (12.3 of 40.1 GFLOP/s)': the FLOP rate of `calls` calls in `seconds` as a share of `peak` (FLOP/s)."""
+    """'0.31 (12.3 of 40.1 GFLOP/s)': the FLOP rate of `calls` calls in `seconds` as a share of `peak` (FLOP/s);
+    a share under 0.1 gets a third decimal ('0.012')."""
     rate = flops_per_call * calls / seconds
-    return f"{rate / peak:.2f} ({rate / 1e9:.1f} of {peak / 1e9:.1f} GFLOP/s)"
+    share = rate / peak
+    return f"{share:.{2 if share >= 0.1 else 3}f} ({rate / 1e9:.1f} of {peak / 1e9:.1f} GFLOP/s)"

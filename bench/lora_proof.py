@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.common import line as _line
+from pipelines.loras import load_lora_file
 from studio.settings import BUILTIN_MODEL_DIR
 from studio.training_service import LORA_LAYERS
 from training.recipes import (PRESETS, PROOF_CLASS_PRIOR, PROOF_EMBEDDING_INIT, PROOF_EVAL_PROMPTS, PROOF_IMAGES,
@@ -317,7 +318,7 @@ def bench_lora(tmp: Path, recipe: LoraProofRecipe) -> None:
     result = trainer.run(stop)
     timer.cancel()
     steps_per_s = result.step / result.seconds
-    pipe.load_lora_weights(result.path)
+    load_lora_file(pipe, result.path, "proof")
     with trigger_embeddings(pipe, [result.path]) as words:
         star_pairs = generate_pairs(pipe, stars, rewrite=lambda p: use_trigger_tokens(p, words), **guidance)
         after_star = evaluate(star_pairs)

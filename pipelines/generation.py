@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -95,6 +96,7 @@ def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event 
             on_step(StepUpdate(step, total, preview))
         return {}
 
-    with torch.inference_mode():
+    during = get_task(call.task).during
+    with torch.inference_mode(), (during(pipe, call) if during else nullcontext()):
         result = pipe(callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"], **kwargs)
     return [] if state["cancelled"] else list(result.images)

@@ -18,11 +18,17 @@ from pipelines.embeddings import is_sidecar
 BUILTIN_ID = "builtin:shapes"
 CHECKPOINT_DIR = "Stable-diffusion"
 LORA_DIR = "Lora"
+LYCORIS_DIR = "LyCORIS"
+EMBEDDINGS_DIR = "embeddings"
+VAE_DIR = "VAE"
 CONTROLNET_DIR = "ControlNet"
 UPSCALER_DIR = "ESRGAN"
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 SINGLE_FILE_EXT = (".safetensors",)
 UNSAFE_EXT = (".ckpt", ".pt", ".pth", ".bin")
+EMBEDDING_EXT = (".safetensors", ".pt", ".bin")  # pickles are read with torch.load(weights_only=True) or refused
+VAE_EXT = (".safetensors", ".pt", ".ckpt")  # likewise
+VAE_BESIDE = tuple(f".vae{ext}" for ext in VAE_EXT)  # A1111: <checkpoint name>.vae.safetensors next to it
 
 
 class ModelNotFound(LookupError):
@@ -92,6 +98,11 @@ def diffusers_folder_above(path: Path, root: Path) -> Path | None:
     return None
 
 
+def is_vae_beside(path: Path) -> bool:
+    """A `<checkpoint>.vae.safetensors` beside a checkpoint: the checkpoint's VAE (A1111), not a model."""
+    return path.name.lower().endswith(".vae" + path.suffix.lower())
+
+
 class ModelRegistry:
     """Lists and resolves models; knows nothing about loading them."""
 
@@ -121,7 +132,7 @@ class ModelRegistry:
                 if path.is_dir() and (path / "model_index.json").exists():
                     folders.append(path)
                     found.append(ModelSource(f"local:{rel}", "diffusers", str(path), self._safe_family(path)))
-                elif path.is_file() and path.suffix.lower() in SINGLE_FILE_EXT:
+                elif path.is_file() and path.suffix.lower() in SINGLE_FILE_EXT and not is_vae_beside(path):
                     found.append(ModelSource(f"local:{rel}", "single_file", str(path)))
         return found
 
@@ -170,9 +181,45 @@ class ModelRegistry:
                 f"{self.checkpoints_dir()}, or type a Hugging Face id (e.g. stabilityai/sd-turbo) when online.")
 
     def lora_files(self) -> dict[str, Path]:
-        """LoRA name -> file for every .safetensors under the models folder's Lora/ (and sub-folders)."""
-        root = self.models_dir / LORA_DIR
+        """LoRA name -> file for every .safetensors under the models folder's Lora/ and LyCORIS/ (and their
+        sub-folders), by path relative to its folder without the extension: one namespace, as in A1111. On a name
+        clash the file under Lora/ wins."""
+        found: dict[str, Path] = {}
+        for folder in (LORA_DIR, LYCORIS_DIR):
+            root = self.models_dir / folder
+            if not root.is_dir():
+                continue
+            for p in sorted(root.rglob("*.safetensors")):
+                if not is_sidecar(p):
+                    found.setdefault(p.relative_to(root).with_suffix("").as_posix(), p)
+        return found
+
+    def embedding_files(self) -> dict[str, Path]:
+        """Textual-inversion name -> file for every embedding under the models folder's embeddings/ (and
+        sub-folders). The name is the file name without its extension, the word a prompt uses (as in A1111); on a
+        clash the first file in path order wins."""
+        root = self.models_dir / EMBEDDINGS_DIR
         if not root.is_dir():
             return {}
-        return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.safetensors"))
-                if not is_sidecar(p)}
+        found: dict[str, Path] = {}
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and p.suffix.lower() in EMBEDDING_EXT:
+                found.setdefault(p.stem, p)
+        return found
+
+    def vae_files(self) -> dict[str, Path]:
+        """VAE name -> file for every VAE under the models folder's VAE/ (and sub-folders); the name is the path
+        relative to VAE/ with its extension, as A1111 lists and records it."""
+        root = self.models_dir / VAE_DIR
+        if not root.is_dir():
+            return {}
+        return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*"))
+                if p.is_file() and p.suffix.lower() in VAE_EXT}
+
+    @staticmethod
+    def vae_beside(checkpoint: Path) -> Path | None:
+        """A1111's per-checkpoint VAE: `<checkpoint name>.vae.safetensors` (or .vae.pt / .vae.ckpt) in the same
+        folder as a single-file checkpoint, or None."""
+        checkpoint = Path(checkpoint)
+        stem = checkpoint.name[: -len(checkpoint.suffix)] if checkpoint.suffix else checkpoint.name
+        return next((c for c in (checkpoint.with_name(stem + ext) for ext in VAE_BESIDE) if c.is_file()), None)

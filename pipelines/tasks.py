@@ -7,7 +7,7 @@ the generation runner and the mode lists read `TASKS`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -18,6 +18,25 @@ class ImageInputs:
     init_image: object
     mask_image: object | None = None
     strength: float = 0.75
+
+
+@dataclass
+class ControlUnitInputs:
+    """One ControlNet unit of a call: its map (already at the generation size), conditioning scale, the share of
+    the steps it acts on (guidance start/end, 0..1) and A1111's control mode (pipelines.controlnets)."""
+
+    image: object
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    mode: str = "Balanced"
+
+
+@dataclass
+class ControlInputs:
+    """What a ControlNet task adds: one unit per ControlNet of the pipeline, in order."""
+
+    units: list[ControlUnitInputs] = field(default_factory=list)
 
 
 @dataclass
@@ -34,18 +53,21 @@ class PipelineCall:
     seeds: list[int]
     cfg_rescale: float = 0.0  # guidance_rescale (for zero-terminal-SNR models); only where the pipeline has it
     inputs: ImageInputs | None = None
+    control: ControlInputs | None = None  # ControlNet tasks only
 
 
 @dataclass(frozen=True)
 class Task:
     """One task: `derive(base)` builds its pipeline from the txt2img one (sharing its weights; None = the base
-    itself), `arguments(call)` the pipeline keyword arguments that only this task passes."""
+    itself), `arguments(call)` the pipeline keyword arguments that only this task passes; `during(pipe, call)`,
+    when set, is a context manager the call runs inside (ControlNet's control modes)."""
 
     name: str
     arguments: Callable[[PipelineCall], dict]
     derive: Callable[[object], object] | None = None
     needs_init_image: bool = False
     needs_mask: bool = False
+    during: Callable[[object, PipelineCall], object] | None = None
 
 
 def _size(call: PipelineCall) -> dict:
@@ -83,12 +105,80 @@ TASKS: dict[str, Task] = {task.name: task for task in (TXT2IMG, IMG2IMG, INPAINT
 BASE_TASK = TXT2IMG.name
 
 
+# ---------------------------------------------------------------------- ControlNet: one task per plain task
+CONTROLNET_PREFIX = "controlnet-"
+CONTROLNET_PIPELINES = {  # (base family, plain task) -> diffusers pipeline class
+    ("sd", "txt2img"): "StableDiffusionControlNetPipeline",
+    ("sd", "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    ("sd", "inpaint"): "StableDiffusionControlNetInpaintPipeline",
+    ("sdxl", "txt2img"): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("sdxl", "inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
+}
+
+
+def _control_arguments(plain: Task) -> Callable[[PipelineCall], dict]:
+    """The plain task's arguments plus the control maps, scales and guidance windows (lists for several units;
+    txt2img takes the map as `image`, img2img and inpaint as `control_image`)."""
+    def arguments(call: PipelineCall) -> dict:
+        units = call.control.units if call.control else []
+        if not units:
+            raise ValueError(f"task {call.task} needs at least one control unit")
+        out = plain.arguments(call)
+        one = len(units) == 1
+        pick = (lambda values: values[0]) if one else list
+        out["image" if plain is TXT2IMG else "control_image"] = pick([u.image for u in units])
+        out.update(controlnet_conditioning_scale=pick([float(u.scale) for u in units]),
+                   control_guidance_start=pick([float(u.start) for u in units]),
+                   control_guidance_end=pick([float(u.end) for u in units]))
+        return out
+    return arguments
+
+
+def _control_modes(pipe, call: PipelineCall):
+    from pipelines.controlnets import control_modes
+
+    return control_modes(pipe, [u.mode for u in call.control.units])
+
+
+CONTROLNET_TASKS: dict[str, Task] = {
+    CONTROLNET_PREFIX + t.name: Task(CONTROLNET_PREFIX + t.name, _control_arguments(t), None, t.needs_init_image,
+                                     t.needs_mask, _control_modes)
+    for t in (TXT2IMG, IMG2IMG, INPAINT)
+}
+
+
+def controlnet_task(mode: str) -> str:
+    """The ControlNet task of a plain task ("txt2img" -> "controlnet-txt2img")."""
+    get_task(mode)
+    return CONTROLNET_PREFIX + mode
+
+
+def base_family(base) -> str:
+    """"sdxl" for an SDXL pipeline (two text encoders), else "sd"."""
+    return "sdxl" if getattr(base, "text_encoder_2", None) is not None else "sd"
+
+
+def derive_controlnet_pipeline(base, mode: str, controlnets: list):
+    """The ControlNet pipeline of plain task `mode` built from the base (txt2img) pipeline with `from_pipe`:
+    it shares every weight of the base; `controlnets` (1..3 ControlNetModel, loaded apart) are added, several
+    through diffusers' MultiControlNetModel."""
+    import diffusers
+
+    name = CONTROLNET_PIPELINES[(base_family(base), get_task(mode).name)]
+    nets = controlnets[0] if len(controlnets) == 1 else diffusers.MultiControlNetModel(list(controlnets))
+    pipe = getattr(diffusers, name).from_pipe(base, controlnet=nets)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def get_task(name: str) -> Task:
-    """The task called `name`; a KeyError names the known ones."""
+    """The task called `name` (a plain one or its ControlNet one); a KeyError names the known ones."""
     try:
-        return TASKS[name]
+        return TASKS[name] if name in TASKS else CONTROLNET_TASKS[name]
     except KeyError:
-        raise KeyError(f"task must be one of {', '.join(TASKS)}; got {name!r}") from None
+        raise KeyError(f"task must be one of {', '.join(TASKS)} (or {CONTROLNET_PREFIX}<task>); got {name!r}") \
+            from None
 
 
 def derive_pipeline(base, name: str):

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines.cpu_graphs import warm_up_steps
-from pipelines.embeddings import trigger_embeddings, use_trigger_tokens
+from pipelines.embeddings import (EmbeddingError, TextualInversion, added_embeddings, check_widths, mentioned,
+                                  read_textual_inversion, sidecar_inversions, use_trigger_tokens)
 from pipelines.generation import StepUpdate, run_pipeline, supports_cfg_rescale
-from pipelines.loras import load_lora_file
+from pipelines.loras import LoraError, check_lora_format, inspect_lora, load_lora_file
 from pipelines.prompt_weighting import extract_lora_tags
+from pipelines.registry import EMBEDDINGS_DIR, LORA_DIR, LYCORIS_DIR
 from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
 from pipelines.tasks import TASKS, ImageInputs, PipelineCall
 from studio.errors import ValidationError, check_range
@@ -26,6 +28,7 @@ from studio.model_service import ModelService
 MODES = tuple(TASKS)  # txt2img, img2img, inpaint: one per task runner
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
+TI_HASH_LENGTH = 12  # A1111's short hash of an embedding file in "TI hashes" (sha256[:12])
 
 
 @dataclass
@@ -49,6 +52,7 @@ class GenerationRequest:
     mask_image: object | None = None
     strength: float = 0.75
     loras: list = field(default_factory=list)  # [(name, weight)] besides <lora:name:w> tags in the prompt
+    vae: str = ""  # "": the model's own; "auto": <checkpoint>.vae.safetensors beside it; or a name under VAE/
     job_id: str = ""
     source: str = "generate"
 
@@ -156,8 +160,10 @@ class GenerationService:
             batch_count=check_range("batch_count", req.batch_count, 1, self.max_batch_count, int),
             batch_size=check_range("batch_size", req.batch_size, 1, self.max_batch_size, int),
             strength=check_range("strength", req.strength, 0.01, 1.0, float),
+            vae=self.models.check_vae(req.vae),
         )
         out = replace(out, loras=self._resolve_loras(out))
+        self._embeddings(out)  # every embedding the prompts mention is readable
         task = TASKS[out.mode]
         if task.needs_init_image:
             init = load_image(out.init_image, "init_image")
@@ -179,23 +185,50 @@ class GenerationService:
         chosen = {x[0]: x[1] for x in req.loras}
         chosen.update(dict(tags))  # idempotent: validating twice gives the same list
         out = []
+        root = self.models.registry.models_dir
         for name, weight in chosen.items():
             if name not in available:
                 known = ", ".join(sorted(available)) or "none installed"
-                raise ValidationError(f"lora {name!r} is not under {self.models.registry.models_dir / 'Lora'} "
+                raise ValidationError(f"lora {name!r} is not under {root / LORA_DIR} or {root / LYCORIS_DIR} "
                                       f"(available: {known})", "lora")
             weight = check_range(f"lora weight of {name}", weight, -4, 4, float)
+            try:
+                check_lora_format(inspect_lora(available[name]), name)  # LoHa, LoKr, ...: refused before loading
+            except LoraError as exc:
+                raise ValidationError(str(exc), "lora") from None
             out.append((name, weight, str(available[name])))
         return out
 
-    @staticmethod
-    def _apply_loras(pipe, loras: list[tuple[str, float, str]]) -> None:
-        if not loras:
+    def _apply_loras(self, pipe, req: GenerationRequest) -> None:
+        """Load the request's LoRAs as adapters lora0, lora1, ...; one made for another base model (or that
+        fails to load) raises ValidationError naming both, and leaves no adapter of its own behind."""
+        if not req.loras:
             return
-        names = [f"lora{i}" for i in range(len(loras))]
-        for adapter, (_, _, path) in zip(names, loras):
-            load_lora_file(pipe, path, adapter)
-        pipe.set_adapters(names, [w for _, w, _ in loras])
+        names = [f"lora{i}" for i in range(len(req.loras))]
+        model = self.models.resolve(req.model).label
+        for adapter, (name, _, path) in zip(names, req.loras):
+            try:
+                load_lora_file(pipe, path, adapter, name=name, model=model)
+            except LoraError as exc:
+                raise ValidationError(str(exc), "lora") from None
+        pipe.set_adapters(names, [w for _, w, _ in req.loras])
+
+    def _embeddings(self, req: GenerationRequest) -> list[TextualInversion]:
+        """The textual inversions under embeddings/ that the prompt or negative prompt mention by name, read."""
+        available = self.models.registry.embedding_files()
+        prompt, _ = extract_lora_tags(req.prompt)
+        found = []
+        for name in mentioned([prompt, req.negative_prompt], available):
+            try:
+                found.append(read_textual_inversion(available[name], name))
+            except EmbeddingError as exc:
+                raise ValidationError(f"{exc} (under {self.models.registry.models_dir / EMBEDDINGS_DIR})",
+                                      "prompt") from None
+        return found
+
+    def _ti_hashes(self, inversions: list[TextualInversion]) -> str:
+        """A1111's "TI hashes" value: `name: <sha256[:12]>, ...` for the embeddings files a job used."""
+        return ", ".join(f"{ti.word}: {self.models.hashes.sha256(ti.path)[:TI_HASH_LENGTH]}" for ti in inversions)
 
     # ------------------------------------------------------------------ running
     @staticmethod
@@ -241,13 +274,25 @@ class GenerationService:
             if on_progress:
                 on_progress(-1, total, StepUpdate(done, size))
 
-        with self.device_lock, self.models.pipeline(req.model, req.mode, download) as pipe:
-            original_scheduler = pipe.scheduler
+        inversions = self._embeddings(req)
+        extras = {"TI hashes": self._ti_hashes(inversions) or None}
+        with self.device_lock, self.models.pipeline(req.model, req.mode, download) as pipe, \
+                self.models.vae_override(req.model, req.vae) as vae:
+            original_scheduler, original_vae = pipe.scheduler, pipe.vae
             req = self._fit_to(pipe, req)
             prompt, _ = extract_lora_tags(req.prompt)
             try:
-                self._apply_loras(pipe, req.loras)
-                with trigger_embeddings(pipe, [path for _, _, path in req.loras]) as words:
+                if vae is not None:  # swapped in for this job only; the finally puts the model's own back
+                    vae_name, vae_path, pipe.vae = vae
+                    extras.update({"VAE hash": self.models.hashes.autov2(vae_path), "VAE": vae_name})
+                self._apply_loras(pipe, req)
+                triggers = sidecar_inversions([path for _, _, path in req.loras])
+                for inversion in inversions:
+                    try:
+                        check_widths(pipe, inversion)
+                    except EmbeddingError as exc:
+                        raise ValidationError(str(exc), "prompt") from None
+                with added_embeddings(pipe, triggers + inversions) as words:
                     prompt, negative = (use_trigger_tokens(text, words) for text in (prompt, req.negative_prompt))
                     for batch in range(req.batch_count):
                         if cancel.is_set():
@@ -264,18 +309,22 @@ class GenerationService:
                         images = run_pipeline(pipe, call, self.models.device.device, cancel,
                                               step if on_progress else None, preview_every)
                         for image, seed in zip(images, seeds):
-                            saved.append(self._save(req, image, seed, model_hash, job_id))
+                            saved.append(self._save(req, image, seed, model_hash, job_id, extras))
             finally:
-                pipe.scheduler = original_scheduler
+                pipe.scheduler, pipe.vae = original_scheduler, original_vae
                 if req.loras:
                     pipe.unload_lora_weights()
         return GenerationResult(saved, total, cancel.is_set() and len(saved) < total, job_id,
                                 time.perf_counter() - start)
 
-    def infotext(self, req: GenerationRequest, seed: int, model_hash: str) -> str:
+    def infotext(self, req: GenerationRequest, seed: int, model_hash: str, extras: dict | None = None) -> str:
+        """A1111 infotext; `extras` adds a job's "VAE hash" / "VAE" (after the model, as A1111 orders them) and
+        "TI hashes" (last); None values are left out."""
+        extras = extras or {}
         params = {"Steps": req.steps, "Sampler": req.sampler, "CFG scale": req.cfg_scale, "Seed": seed,
                   "Size": f"{req.width}x{req.height}", "Model hash": model_hash,
-                  "Model": self.models.resolve(req.model).label}
+                  "Model": self.models.resolve(req.model).label,
+                  "VAE hash": extras.get("VAE hash"), "VAE": extras.get("VAE")}
         if req.cfg_rescale:
             params["CFG rescale"] = req.cfg_rescale
         if req.mode != "txt2img":
@@ -284,15 +333,17 @@ class GenerationService:
             params["Mode"] = "inpaint"
         if req.loras:
             params["Lora weights"] = ", ".join(f"{name}: {weight:g}" for name, weight, _ in req.loras)
+        params["TI hashes"] = extras.get("TI hashes")
         return build_infotext(req.prompt, req.negative_prompt, params)
 
-    def _save(self, req: GenerationRequest, image, seed: int, model_hash: str, job_id: str) -> SavedImage:
+    def _save(self, req: GenerationRequest, image, seed: int, model_hash: str, job_id: str,
+              extras: dict | None = None) -> SavedImage:
         record_id = uuid.uuid4().hex
         day = time.strftime("%Y-%m-%d")
         rel = Path("outputs") / day / f"{time.strftime('%H%M%S')}-{seed}-{record_id[:8]}.png"
         path = self.data_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = self.infotext(req, seed, model_hash)
+        text = self.infotext(req, seed, model_hash, extras)
         save_png_with_infotext(image, path, text)
         self.gallery.add({
             "id": record_id, "path": rel.as_posix(), "prompt": req.prompt, "negative_prompt": req.negative_prompt,

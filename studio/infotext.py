@@ -119,3 +119,51 @@ def infotext_to_fields(info: dict) -> dict:
     if fields.get("sampler", "").endswith(" Karras") is False and info.get("Schedule type") == "Karras":
         fields["sampler"] = f"{fields['sampler']} Karras"
     return fields
+
+
+# ---------------------------------------------------------------------- ControlNet units (A1111's extension)
+CONTROLNET_KEY = re.compile(r"^ControlNet (\d+)$")
+CONTROLNET_UNIT_FIELDS = (  # (name in the unit text, field, type), in the order A1111's extension writes them
+    ("Module", "preprocessor", str), ("Model", "model", str), ("Weight", "weight", float),
+    ("Resize Mode", "resize_mode", str), ("Low Vram", "low_vram", str), ("Processor Res", "resolution", int),
+    ("Threshold A", "threshold_a", float), ("Threshold B", "threshold_b", float),
+    ("Guidance Start", "guidance_start", float), ("Guidance End", "guidance_end", float),
+    ("Pixel Perfect", "pixel_perfect", str), ("Control Mode", "control_mode", str))
+UNIT_PAIR_RE = re.compile(r"\s*([A-Za-z][\w ]*?):\s*([^,]*)(?:,|$)")
+
+
+def controlnet_unit_text(values: dict) -> str:
+    """One unit as A1111's ControlNet extension writes it: `Module: canny, Model: ..., Weight: 1, ...` (numbers
+    without trailing zeros; an unused threshold as -1); `values` maps the names of CONTROLNET_UNIT_FIELDS."""
+    parts = []
+    for name, _, kind in CONTROLNET_UNIT_FIELDS:
+        value = values.get(name)
+        if value is None:
+            value = -1 if kind is not str else ""
+        parts.append(f"{name}: {value:g}" if isinstance(value, float) else f"{name}: {value}")
+    return ", ".join(parts)
+
+
+def controlnet_units_from_infotext(info: dict) -> list[dict]:
+    """The ControlNet units of parsed infotext (`ControlNet 0: "Module: ..., ..."`), in order, each as
+    {preprocessor, model, weight, resize_mode, resolution, threshold_a, threshold_b, guidance_start, guidance_end,
+    control_mode}; a threshold of -1 (unused) is None and a model's " [hash]" is dropped. Unreadable values are
+    left out."""
+    units = []
+    for key in sorted((k for k in info if CONTROLNET_KEY.match(k)), key=lambda k: int(CONTROLNET_KEY.match(k)[1])):
+        pairs = {name.strip(): value.strip() for name, value in UNIT_PAIR_RE.findall(str(info[key]))}
+        unit: dict = {}
+        for name, field, kind in CONTROLNET_UNIT_FIELDS:
+            if name not in pairs or field in ("low_vram", "pixel_perfect"):
+                continue
+            try:
+                value = kind(float(pairs[name])) if kind is int else kind(pairs[name])
+            except ValueError:
+                continue
+            if field.startswith("threshold") and value < 0:
+                value = None
+            if field == "model":
+                value = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", value)
+            unit[field] = value
+        units.append(unit)
+    return units

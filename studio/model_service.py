@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from pipelines import model_hashes
+from pipelines.controlnets import ControlNetError, ControlNetSource, check_fits, load_controlnet, shape_of_config
 from pipelines.devices import DeviceChoice
 from pipelines.loading import ModelLoadError, load_pipeline
 from pipelines.model_cache import ModelCache
-from pipelines.registry import (BUILTIN_ID, DEFAULT_GENERATION, ModelNotFound, ModelRegistry, ModelSource,
+from pipelines.registry import (BUILTIN_ID, DEFAULT_GENERATION, VAE_DIR, ModelNotFound, ModelRegistry, ModelSource,
                                recommended_settings)
-from pipelines.tasks import BASE_TASK, TASKS, derive_pipeline
+from pipelines.tasks import BASE_TASK, TASKS, derive_controlnet_pipeline, derive_pipeline
+from pipelines.vaes import VaeError, load_vae_file
 from studio.errors import StudioError, ValidationError
 
 
 NATIVE_SIZE = {"builtin": 128, "sd": 512, "sdxl": 1024}
+OWN_VAE, AUTO_VAE = "", "auto"  # GenerationRequest.vae: the model's own VAE; A1111's automatic pick-up
 
 
 def file_sha256(path: Path, prefix: int = 10) -> str:
@@ -59,8 +62,77 @@ class ModelService:
         return NATIVE_SIZE["builtin" if source.kind == "builtin" else source.family]
 
     def lora_names(self) -> list[str]:
-        """Every LoRA under the models folder's Lora/, by the name a <lora:name:weight> tag uses."""
+        """Every LoRA under the models folder's Lora/ and LyCORIS/, by the name a <lora:name:weight> tag uses."""
         return sorted(self.registry.lora_files())
+
+    def embedding_names(self) -> list[str]:
+        """Every textual inversion under the models folder's embeddings/, by the word a prompt uses."""
+        return sorted(self.registry.embedding_files())
+
+    # ------------------------------------------------------------------ VAE overrides
+    def vae_names(self) -> list[str]:
+        """Every VAE under the models folder's VAE/, by the name GenerationRequest.vae uses (its file name)."""
+        return sorted(self.registry.vae_files())
+
+    def vae_choices(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for a VAE picker: the model's own, automatic, then every file under VAE/."""
+        return ([("Model's own", OWN_VAE), ("Automatic: <checkpoint>.vae.safetensors beside it, else own", AUTO_VAE)]
+                + [(name, name) for name in self.vae_names()])
+
+    def check_vae(self, vae: str | None) -> str:
+        """`vae` normalised, or ValidationError naming the allowed values."""
+        vae = (vae or "").strip()
+        if vae in (OWN_VAE, AUTO_VAE) or vae in self.registry.vae_files():
+            return vae
+        known = ", ".join(self.vae_names()) or "none installed"
+        raise ValidationError(f"vae must be '' (the model's own), 'auto' or a file under "
+                              f"{self.registry.models_dir / VAE_DIR} ({known}); got {vae!r}", "vae")
+
+    def vae_file(self, model_id: str, vae: str | None) -> tuple[str, Path] | None:
+        """(name recorded in the infotext, file) of the VAE a job on `model_id` uses instead of the model's own,
+        or None for the model's own. "auto" picks `<checkpoint>.vae.safetensors` (.vae.pt, .vae.ckpt) beside a
+        single-file checkpoint, as A1111 does."""
+        vae = self.check_vae(vae)
+        if vae == OWN_VAE:
+            return None
+        if vae == AUTO_VAE:
+            source = self.resolve(model_id)
+            beside = self.registry.vae_beside(Path(source.location)) if source.kind == "single_file" else None
+            return (beside.name, beside) if beside else None
+        return vae, self.registry.vae_files()[vae]
+
+    @contextmanager
+    def vae_override(self, model_id: str, vae: str | None) -> Iterator[tuple[str, Path, object] | None]:
+        """Yield (name, file, loaded VAE) for the VAE a job uses instead of the model's own, or None for the
+        model's own. The VAE is loaded with the model's VAE configuration and cached as an entry of its own,
+        derived from the model's pipeline (key: model id, "vae:<file under the models folder>"), so it goes when
+        the model is unloaded; pinned inside. A VAE that does not fit the model raises ValidationError."""
+        found = self.vae_file(model_id, vae)
+        if found is None:
+            yield None
+            return
+        name, path = found
+        source = self.resolve(model_id)
+        try:
+            where = path.resolve().relative_to(self.registry.models_dir.resolve()).as_posix()
+        except ValueError:
+            where = str(path)
+
+        def derive(base):
+            try:
+                return load_vae_file(path, base.vae, base.unet.config.out_channels, name, source.label)
+            except VaeError as exc:
+                raise ValidationError(str(exc), "vae") from None
+
+        def loader():
+            return load_pipeline(source, self.device, self.offline)
+
+        try:
+            with self.cache.use((source.id, f"vae:{where}"), loader, parent=(source.id, BASE_TASK),
+                                derive=derive) as module:
+                yield name, path, module
+        except ModelLoadError as exc:
+            raise StudioError(str(exc), "model") from exc
 
     def no_model_message(self) -> str:
         return self.registry.no_model_message()
@@ -84,6 +156,30 @@ class ModelService:
                 yield pipe
         except ModelLoadError as exc:
             raise StudioError(str(exc), "model") from exc
+
+    @contextmanager
+    def controlnet_pipeline(self, model_id: str, mode: str, controlnets: list[ControlNetSource],
+                            report=None) -> Iterator[object]:
+        """Yield the ControlNet pipeline of `mode` (txt2img, img2img, inpaint) on the model with `controlnets`
+        (1..3, one per unit, in order). It is derived for the job from the cached base pipeline with `from_pipe`,
+        so it shares every weight of the model; each ControlNet is a cache entry of its own (key
+        ("controlnet:<id>", "controlnet")), so adding one loads only that ControlNet. All pinned inside. A
+        ControlNet made for another base raises ValidationError naming both."""
+        with self.pipeline(model_id, BASE_TASK, report) as base, ExitStack() as stack:
+            label, config = self.resolve(model_id).label, base.unet.config
+            nets = []
+            for source in controlnets:
+                def loader(source=source):
+                    return load_controlnet(source, config, self.device.device, self.device.dtype, self.offline,
+                                           report)
+
+                try:
+                    net = stack.enter_context(self.cache.use((f"controlnet:{source.id}", "controlnet"), loader))
+                    check_fits(shape_of_config(net.config), shape_of_config(config), source.label, label)
+                except ControlNetError as exc:
+                    raise ValidationError(str(exc), "controlnet") from None
+                nets.append(net)
+            yield derive_controlnet_pipeline(base, mode, nets)
 
     def _use(self, model_id: str, task: str, loader):
         base_key = (model_id, BASE_TASK)

@@ -24,7 +24,8 @@ def build_services(settings: Settings) -> Services:
     """Create the data folders, the model cache, stores and services (no model is loaded here)."""
     from pipelines.devices import choose_device, free_device_memory
     from pipelines.model_cache import ModelCache
-    from pipelines.registry import CHECKPOINT_DIR, CONTROLNET_DIR, LORA_DIR, UPSCALER_DIR, ModelRegistry
+    from pipelines.registry import (CHECKPOINT_DIR, CONTROLNET_DIR, EMBEDDINGS_DIR, LORA_DIR, UPSCALER_DIR, VAE_DIR,
+                                    ModelRegistry)
     from studio.captioning import CAPTION_DIR, CaptionService
     from studio.gallery_service import GalleryService
     from studio.generation_service import GenerationService
@@ -40,7 +41,7 @@ def build_services(settings: Settings) -> Services:
         from pipelines.offline import enforce_offline
         enforce_offline()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    for sub in (CHECKPOINT_DIR, LORA_DIR, CONTROLNET_DIR, UPSCALER_DIR, CAPTION_DIR):
+    for sub in (CHECKPOINT_DIR, LORA_DIR, CONTROLNET_DIR, UPSCALER_DIR, EMBEDDINGS_DIR, VAE_DIR, CAPTION_DIR):
         (settings.models_root / sub).mkdir(parents=True, exist_ok=True)
     device = choose_device(settings.device, settings.dtype)
     registry = ModelRegistry(settings.builtin_model_dir, settings.models_root, settings.offline)

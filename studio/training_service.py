@@ -450,11 +450,11 @@ class TrainingService:
         return run_id
 
     def stop(self, run_id: str | None = None) -> bool:
+        """Ask run `run_id` (None: every run) to stop after its current step; False when none was known."""
         with self._lock:
-            targets = [run_id] if run_id else list(self._stop)
+            targets = [rid for rid in ([run_id] if run_id else list(self._stop)) if rid in self._stop]
             for rid in targets:
-                if rid in self._stop:
-                    self._stop[rid].set()
+                self._stop[rid].set()
             return bool(targets)
 
     def shutdown(self, timeout: float = 60.0) -> None:

@@ -110,6 +110,7 @@ def test_train_and_generate_through_the_named_api(served, tmp_path):
         time.sleep(0.5)
     assert status["status"] == "done" and status["step"] == 2, status
     assert Path(status["lora_path"]).name == "api-star.safetensors"
+    assert client.predict(run_id=run_id, api_name="/train_stop") == f"run {run_id!r} is not running"
     _, gallery, info, _ = client.predict(**generate_args("a star <lora:api-star:0.8>"), api_name="/generate")
     assert len(gallery) == 1 and 'Lora weights: "api-star: 0.8"' in info
 

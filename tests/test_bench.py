@@ -105,3 +105,4 @@ def test_flop_counts_of_a_linear_layer_and_the_share_of_the_matmul_peak():
     peak = matmul_peak(torch.float32, n=256, repeats=3)
     assert peak > 1e8
     assert share_of_peak(peak / 4, 2, 1.0, peak) == f"0.50 ({peak / 2e9:.1f} of {peak / 1e9:.1f} GFLOP/s)"
+    assert share_of_peak(peak / 50, 1, 1.0, peak).startswith("0.020 (")

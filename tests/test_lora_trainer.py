@@ -59,7 +59,7 @@ def lora_changes_output(base: Path, lora_path: str) -> bool:
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(num_inference_steps=2, width=64, height=64, output_type="np")
     before = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
-    pipe.load_lora_weights(lora_path)
+    pipe.load_lora_weights(str(Path(lora_path).parent), weight_name=Path(lora_path).name)  # offline-safe form
     after = pipe("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
     return np.abs(after - before).mean() > 1e-4
 
@@ -309,7 +309,7 @@ def test_trigger_embedding_trains_only_its_row_resumes_and_ships_inside_the_lora
     base.set_progress_bar_config(disable=True)
     kwargs = dict(num_inference_steps=2, width=64, height=64, output_type="np")
     before = base("a star", generator=torch.Generator().manual_seed(0), **kwargs).images
-    base.load_lora_weights(done.path)
+    base.load_lora_weights(str(Path(done.path).parent), weight_name=Path(done.path).name)
     vocab = len(base.tokenizer)
     with trigger_embeddings(base, [done.path]) as words:
         prompt = use_trigger_tokens("a red Star, two stars", words)
@@ -368,7 +368,7 @@ def test_locon_adapts_the_convolutions_and_still_loads_in_diffusers(tiny_base, s
     from safetensors.torch import load_file
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
-    pipe.load_lora_weights(done.path, adapter_name="star")
+    pipe.load_lora_weights(str(Path(done.path).parent), weight_name=Path(done.path).name, adapter_name="star")
     loaded = get_peft_model_state_dict(pipe.unet, adapter_name="star")
     trained = load_file(str(list_checkpoints(tmp_path / "run")[-1] / "unet_peft.safetensors"))
     assert loaded.keys() == trained.keys() and any(".attn2.to_k." in k for k in loaded)

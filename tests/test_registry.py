@@ -127,3 +127,12 @@ def test_a_diffusers_folder_is_one_model_and_its_parts_are_not_listed(tmp_path):
         with pytest.raises(ValueError, match="is a part of the diffusers model 'sub/mymodel'.*'local:sub/mymodel'"):
             reg.resolve(f"local:{part}")
     assert reg.resolve("local:sub/mymodel").kind == "diffusers"
+
+
+def test_a_vae_beside_a_checkpoint_is_not_listed_as_a_model(tmp_path):
+    root = tmp_path / "models" / "Stable-diffusion"
+    root.mkdir(parents=True)
+    (root / "anime.safetensors").write_bytes(b"")
+    (root / "anime.vae.safetensors").write_bytes(b"")
+    ids = [m.id for m in ModelRegistry(tmp_path / "none", tmp_path / "models").list_models()]
+    assert ids == ["local:anime.safetensors"]

@@ -172,7 +172,7 @@ def test_bad_files_give_clear_errors_and_leave_the_cache_usable(tmp_path, tiny_s
               str(models / "Stable-diffusion" / "random.safetensors"))
     services = build_services(make_settings(tmp_path, models))
     try:
-        ok = dict(prompt="a red circle", steps=2, width=64, height=64, seed=1, sampler="Euler")
+        ok = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "seed": 1, "sampler": "Euler"}
         services.generation.generate(GenerationRequest(model="local:tiny-sd", **ok))
         expected = {"truncated": "not a readable .safetensors checkpoint",
                     "random": "holds no Stable Diffusion UNet weights; found 2 tensors: ",
@@ -340,3 +340,17 @@ def test_main_goes_offline_before_anything_heavy_is_built(tmp_path, monkeypatch)
     with pytest.raises(SystemExit):
         app.main(["--offline", "--data-dir", str(tmp_path)])
     assert seen["env"] == "1"
+
+
+def test_random_checkpoint_tool_writes_the_same_weights_as_folder_and_single_file(tmp_path, tiny_sd):
+    """tools/make_random_checkpoint.py on the tiny "v1" config folder (the real run uses the bundled SD 1.5 one)."""
+    from diffusers import StableDiffusionPipeline
+
+    from tools.make_random_checkpoint import make_random_checkpoint
+
+    _, configs, _ = tiny_sd
+    folder, single = make_random_checkpoint(tmp_path / "models", "random", configs_dir=configs, dtype="float32")
+    from_folder = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    from_file = load_single_file(single, torch.float32, family="v1", configs_dir=configs)
+    for part in ("unet", "vae", "text_encoder"):
+        assert same_weights(getattr(from_folder, part), getattr(from_file, part)), part

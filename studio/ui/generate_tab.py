@@ -53,6 +53,8 @@ def create_tab(services) -> Tab:
                     model = gr.Dropdown(choices, value=default_model, label="Model", allow_custom_value=True,
                                         info="Installed models, or type a Hugging Face id (owner/name)", scale=4)
                     refresh = gr.Button("↻", scale=0, min_width=40)
+                    vae = gr.Dropdown(models.vae_choices(), value="", label="VAE", scale=2,
+                                      info="the model's own, automatic, or a file from the models folder's VAE/")
                 mode = gr.Radio(generation.modes(), value="txt2img", label="Mode")
                 prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a red circle on a blue background",
                                     elem_id="prompt", info="Ctrl+Enter generates")
@@ -99,7 +101,7 @@ def create_tab(services) -> Tab:
     form = Form(model=model, mode=mode, prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps,
                 cfg_scale=cfg, cfg_rescale=cfg_rescale, width=width, height=height, seed=seed,
                 batch_count=batch_count, batch_size=batch_size, init_image=init_image, inpaint_image=editor,
-                strength=strength)
+                strength=strength, vae=vae)
 
     def on_mode(selected):
         return (gr.update(visible=selected == "img2img"), gr.update(visible=selected == "inpaint"),

@@ -285,10 +285,17 @@ def create_tab(services) -> Tab:
     train.click(on_train, form.inputs, current, api_name="train")
 
     def on_stop(run_id):
+        """Stop this page's run (after a reload the page has none: then the one running training)."""
         training.stop(run_id)
         return "Stopping after the current step…"
 
-    stop.click(on_stop, current, stats, queue=False, api_name="train_stop")
+    stop.click(on_stop, current, stats, queue=False, **PLUMBING)
+
+    def train_stop(run_id: str) -> str:
+        """Stop run `run_id` after its current step."""
+        if not run_id or not training.stop(run_id):
+            return f"run {run_id!r} is not running"
+        return "stopping after the current step"
 
     def run_rows() -> list[list]:
         """One row per run, newest first; a live run shows its current step and status, not the last saved."""
@@ -361,4 +368,4 @@ def create_tab(services) -> Tab:
 
     compare.click(on_compare, [run_pick, cmp_prompt, cmp_seed, cmp_weights], cmp_image, api_name="train_compare",
                   **ON_GPU)
-    return Tab("Train", on_load=[LoadEvent(runs_view, [], [runs, run_pick])], api={"train_status": train_status})
+    return Tab("Train", on_load=[LoadEvent(runs_view, [], [runs, run_pick])], api={"train_status": train_status, "train_stop": train_stop})
