@@ -21,8 +21,8 @@ from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
 from pipelines.tasks import TASKS, ImageInputs, PipelineCall
 from studio.errors import ValidationError, check_range
 from studio.images import load_image
-from studio.infotext import (build_infotext, infotext_to_fields, parse_infotext, read_png_parameters,
-                             save_png_with_infotext)
+from studio.infotext import (build_infotext, controlnet_units_from_infotext, infotext_to_fields, parse_infotext,
+                             read_png_parameters, save_png_with_infotext)
 from studio.model_service import ModelService
 
 MODES = tuple(TASKS)  # txt2img, img2img, inpaint: one per task runner
@@ -55,6 +55,7 @@ class GenerationRequest:
     vae: str = ""  # "": the model's own; "auto": <checkpoint>.vae.safetensors beside it; or a name under VAE/
     job_id: str = ""
     source: str = "generate"
+    shown_mode: str = ""  # the mode asked for when the studio runs it as another (txt2img on an inpainting model)
 
 
 @dataclass
@@ -73,13 +74,16 @@ class GenerationResult:
     stopped: bool
     job_id: str
     seconds: float
+    notes: list[str] = field(default_factory=list)  # what was adjusted on the way (e.g. a resized control image)
 
     @property
     def message(self) -> str:
         done = len(self.images)
         if self.stopped:
-            return f"Stopped: kept {done} of {self.requested} images."
-        return f"{done} image{'s' if done != 1 else ''} in {self.seconds:.1f} s"
+            text = f"Stopped: kept {done} of {self.requested} images."
+        else:
+            text = f"{done} image{'s' if done != 1 else ''} in {self.seconds:.1f} s"
+        return "; ".join([text, *self.notes])
 
 
 # (image index, images requested, step update); index -1 = model download, step/total in bytes
@@ -117,9 +121,13 @@ class GenerationService:
         text = read_png_parameters(image_path) if image_path else None
         if not text:
             raise ValidationError("png_info: this image carries no generation parameters", "png_info")
-        fields = infotext_to_fields(parse_infotext(text))
+        info = parse_infotext(text)
+        fields = infotext_to_fields(info)
         if fields.get("sampler") not in SAMPLERS:
             fields.pop("sampler", None)
+        units = controlnet_units_from_infotext(info)
+        if units:
+            fields["controlnet"] = units  # ControlNet units, as A1111's extension records them
         return fields
 
     @staticmethod
@@ -164,6 +172,8 @@ class GenerationService:
         )
         out = replace(out, loras=self._resolve_loras(out))
         self._embeddings(out)  # every embedding the prompts mention is readable
+        if out.mode == "txt2img" and self.models.is_inpainting_model(out.model):
+            out = self._as_full_inpaint(out)
         task = TASKS[out.mode]
         if task.needs_init_image:
             init = load_image(out.init_image, "init_image")
@@ -177,6 +187,16 @@ class GenerationService:
                     raise ValidationError("mask_image is empty: paint the area to change", "mask_image")
                 out = replace(out, mask_image=mask.resize((width, height)) if mask.size != (width, height) else mask)
         return out
+
+    @staticmethod
+    def _as_full_inpaint(req: GenerationRequest) -> GenerationRequest:
+        """txt2img on an inpainting model (a 9-channel UNet), as A1111 runs it: inpaint a neutral grey image
+        everywhere at full strength; the infotext still says txt2img."""
+        from PIL import Image
+
+        size = (req.width, req.height)
+        return replace(req, mode="inpaint", init_image=Image.new("RGB", size, (127, 127, 127)),
+                       mask_image=Image.new("L", size, 255), strength=1.0, shown_mode="txt2img")
 
     def _resolve_loras(self, req: GenerationRequest) -> list[tuple[str, float, str]]:
         """(name, weight, file) for every LoRA named in the prompt tags or the request."""
@@ -260,8 +280,11 @@ class GenerationService:
         return time.perf_counter() - start
 
     def generate(self, req: GenerationRequest, cancel: threading.Event | None = None,
-                 on_progress: ProgressFn | None = None, preview_every: int = 5) -> GenerationResult:
-        """Validate, then run batch_count batches of batch_size images; Stop keeps finished batches."""
+                 on_progress: ProgressFn | None = None, preview_every: int = 5, control=None) -> GenerationResult:
+        """Validate, then run batch_count batches of batch_size images; Stop keeps finished batches.
+
+        `control` (studio.controlnet_service.ControlPlan) runs the job on a ControlNet pipeline: it gives the
+        pipeline, adds its units to every call and its "ControlNet N" entries to the infotext."""
         req = self.validate(req)
         cancel = cancel or threading.Event()
         job_id = req.job_id or uuid.uuid4().hex
@@ -276,7 +299,11 @@ class GenerationService:
 
         inversions = self._embeddings(req)
         extras = {"TI hashes": self._ti_hashes(inversions) or None}
-        with self.device_lock, self.models.pipeline(req.model, req.mode, download) as pipe, \
+        if control is not None:
+            extras["controlnet"] = control.infotext_params()
+        pipeline = (self.models.pipeline(req.model, req.mode, download) if control is None
+                    else control.pipeline(self.models, req.model, download))
+        with self.device_lock, pipeline as pipe, \
                 self.models.vae_override(req.model, req.vae) as vae:
             original_scheduler, original_vae = pipe.scheduler, pipe.vae
             req = self._fit_to(pipe, req)
@@ -301,6 +328,7 @@ class GenerationService:
                                  for i in range(req.batch_size)]
                         pipe.scheduler = make_scheduler(req.sampler, dict(original_scheduler.config))
                         call = self._call(req, prompt, negative, seeds)
+                        call = call if control is None else control.adapt(call)
                         first = len(saved)
 
                         def step(update: StepUpdate, first=first):
@@ -327,12 +355,14 @@ class GenerationService:
                   "VAE hash": extras.get("VAE hash"), "VAE": extras.get("VAE")}
         if req.cfg_rescale:
             params["CFG rescale"] = req.cfg_rescale
-        if req.mode != "txt2img":
+        mode = req.shown_mode or req.mode
+        if mode != "txt2img":
             params["Denoising strength"] = req.strength
-        if req.mode == "inpaint":
+        if mode == "inpaint":
             params["Mode"] = "inpaint"
         if req.loras:
             params["Lora weights"] = ", ".join(f"{name}: {weight:g}" for name, weight, _ in req.loras)
+        params.update(extras.get("controlnet") or {})  # "ControlNet 0": "Module: canny, Model: ..., ..."
         params["TI hashes"] = extras.get("TI hashes")
         return build_infotext(req.prompt, req.negative_prompt, params)
 

@@ -61,6 +61,21 @@ class ModelService:
         source = self.resolve(model_id)
         return NATIVE_SIZE["builtin" if source.kind == "builtin" else source.family]
 
+    def is_inpainting_model(self, model_id: str) -> bool:
+        """Whether the model's UNet takes the masked image too (9 input channels: an inpainting checkpoint),
+        read from its config or the file's header, without loading it."""
+        import json
+
+        from pipelines.single_file import read_header, unet_shape
+
+        source = self.resolve(model_id)
+        if source.kind == "single_file":
+            return unet_shape(read_header(Path(source.location)))[0] == 9
+        config = Path(source.location) / "unet" / "config.json"
+        if source.kind in ("builtin", "diffusers") and config.is_file():
+            return json.loads(config.read_text()).get("in_channels") == 9
+        return False
+
     def lora_names(self) -> list[str]:
         """Every LoRA under the models folder's Lora/ and LyCORIS/, by the name a <lora:name:weight> tag uses."""
         return sorted(self.registry.lora_files())

@@ -175,3 +175,32 @@ def test_a_failing_background_warm_up_only_logs(services, monkeypatch, caplog):
     monkeypatch.setattr(services.generation, "warm_up", broken)
     warm_up_in_background(services).join(timeout=60)
     assert f"warming up {services.settings.model} failed: weights unreadable" in caplog.text
+
+
+def test_txt2img_on_an_inpainting_model_inpaints_a_neutral_image_everywhere(tmp_path, services):
+    """A 9-channel UNet (an inpainting checkpoint) cannot run plain txt2img: as A1111 does, the studio inpaints a
+    grey image with a full mask at strength 1, and the infotext still says txt2img."""
+    from studio.services import build_services
+    from tests.conftest import make_settings
+    from tests.tiny_models import tiny_sd_pipeline, tiny_unet
+
+    pipe = tiny_sd_pipeline(tmp_path / "tok")
+    pipe.unet = tiny_unet(in_channels=9, cross_attention_dim=32, norm_num_groups=2, attention_head_dim=2)
+    pipe.register_modules(unet=pipe.unet)
+    models = tmp_path / "models"
+    pipe.save_pretrained(models / "Stable-diffusion" / "tiny-inpainting")
+    built = build_services(make_settings(tmp_path, models, model="local:tiny-inpainting"))
+    try:
+        assert built.models.is_inpainting_model("local:tiny-inpainting") is True
+        assert services.models.is_inpainting_model(TINY_MODEL_ID) is False
+        req = GenerationRequest(prompt="a red circle", model="local:tiny-inpainting", steps=2, width=64, height=64,
+                                seed=3, sampler="Euler")
+        checked = built.generation.validate(req)
+        assert (checked.mode, checked.strength, checked.shown_mode) == ("inpaint", 1.0, "txt2img")
+        assert checked.mask_image.getextrema() == (255, 255) and checked.init_image.getpixel((0, 0)) == (127, 127, 127)
+        result = built.generation.generate(req)
+        info = parse_infotext(result.images[0].infotext)
+        assert result.images[0].image.size == (64, 64)
+        assert "Denoising strength" not in info and "Mode" not in info and info["Seed"] == "3"
+    finally:
+        built.training.shutdown()

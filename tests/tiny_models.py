@@ -25,7 +25,7 @@ def tiny_unet(**config):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    return UNet2DConditionModel(**UNET_BASE, **config)
+    return UNet2DConditionModel(**{**UNET_BASE, **config})
 
 
 def tiny_sd_components(tmp_dir: Path) -> dict:
