@@ -223,9 +223,9 @@ def base_shape(source) -> Shape | None:
     return None
 
 
-def check_fits(shape: Shape | None, base: Shape, controlnet_label: str, model_label: str) -> None:
-    """ControlNetError naming both when a ControlNet was made for another base model."""
-    if shape is not None and not shape.fits(base):
+def check_fits(shape: Shape | None, base: Shape | None, controlnet_label: str, model_label: str) -> None:
+    """ControlNetError naming both when a ControlNet was made for another base model (None: not known yet)."""
+    if shape is not None and base is not None and not shape.fits(base):
         raise ControlNetError(f"ControlNet {controlnet_label!r} is made for {shape.family()}, but model "
                               f"{model_label!r} is {base.family()}: pick a ControlNet made for that model's family")
 

@@ -24,8 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.tensor_files import read_tensor_file
+
 SIDECAR_SUFFIX = ".embedding.safetensors"
-PICKLED_EXT = (".pt", ".bin")
 # text encoder width -> the family whose (first) text encoder has it, for messages
 FAMILY_BY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x"}
 ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
@@ -136,26 +137,10 @@ def _vectors_of(data, where: str) -> dict:
 def read_textual_inversion(path: Path, word: str | None = None) -> TextualInversion:
     """Read an embedding file (layouts in the module doc); `word` defaults to the file name without extension.
     Pickled files go through `torch.load(weights_only=True)` only; a pickle that needs more is refused."""
-    import torch
-
     path = Path(path)
     word = word or path.stem
     where = f"embedding {word!r} ({path.name})"
-    if path.suffix.lower() in PICKLED_EXT:
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # UnpicklingError for anything beyond plain tensors and values
-            raise EmbeddingError(f"{where} is a pickle that holds more than plain tensors; it is refused (only "
-                                 f"torch.load(weights_only=True) is used): convert it to .safetensors "
-                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    else:
-        from safetensors.torch import load_file
-
-        try:
-            data = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise EmbeddingError(f"{where} is not a readable .safetensors file (truncated or another format): "
-                                 f"{exc}") from exc
+    data = read_tensor_file(path, where, EmbeddingError)
     return TextualInversion(word, _vectors_of(data, where), path)
 
 

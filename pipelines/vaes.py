@@ -16,7 +16,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-PICKLED_EXT = (".pt", ".ckpt", ".pth")
+from pipelines.tensor_files import PICKLED_EXT, read_tensor_file
+
 DECODER_IN = "decoder.conv_in.weight"  # (channels, latent channels, 3, 3) in both key layouts
 FAMILY_BY_LATENTS = {4: "SD 1.x/2.x/SDXL", 16: "SD 3/Flux"}
 
@@ -30,24 +31,13 @@ def read_vae_state(path: Path) -> dict:
     import torch
 
     path = Path(path)
+    data = read_tensor_file(path, f"VAE {path.name}", VaeError)
     if path.suffix.lower() in PICKLED_EXT:
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # UnpicklingError for anything beyond plain tensors and values
-            raise VaeError(f"VAE {path.name} is a pickle that holds more than plain tensors; it is refused (only "
-                           f"torch.load(weights_only=True) is used): convert it to .safetensors "
-                           f"({type(exc).__name__})") from exc
         data = data.get("state_dict", data) if isinstance(data, dict) else data
         if not isinstance(data, dict):
             raise VaeError(f"VAE {path.name} holds a {type(data).__name__}, not a state dict of tensors")
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types
-        raise VaeError(f"VAE {path.name} is not a readable .safetensors file (truncated or another format): "
-                       f"{exc}") from exc
+    return data
 
 
 def latent_channels(state: dict, name: str) -> int:

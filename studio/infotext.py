@@ -147,14 +147,14 @@ def controlnet_unit_text(values: dict) -> str:
 def controlnet_units_from_infotext(info: dict) -> list[dict]:
     """The ControlNet units of parsed infotext (`ControlNet 0: "Module: ..., ..."`), in order, each as
     {preprocessor, model, weight, resize_mode, resolution, threshold_a, threshold_b, guidance_start, guidance_end,
-    control_mode}; a threshold of -1 (unused) is None and a model's " [hash]" is dropped. Unreadable values are
-    left out."""
+    pixel_perfect, control_mode}; a threshold of -1 (unused) is None and a model's " [hash]" is dropped.
+    Unreadable values are left out."""
     units = []
     for key in sorted((k for k in info if CONTROLNET_KEY.match(k)), key=lambda k: int(CONTROLNET_KEY.match(k)[1])):
         pairs = {name.strip(): value.strip() for name, value in UNIT_PAIR_RE.findall(str(info[key]))}
         unit: dict = {}
         for name, field, kind in CONTROLNET_UNIT_FIELDS:
-            if name not in pairs or field in ("low_vram", "pixel_perfect"):
+            if name not in pairs or field == "low_vram":
                 continue
             try:
                 value = kind(float(pairs[name])) if kind is int else kind(pairs[name])
@@ -164,6 +164,8 @@ def controlnet_units_from_infotext(info: dict) -> list[dict]:
                 value = None
             if field == "model":
                 value = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", value)
+            if field == "pixel_perfect":
+                value = value == "True"
             unit[field] = value
         units.append(unit)
     return units

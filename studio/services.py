@@ -18,6 +18,7 @@ class Services:
     training: "TrainingService"
     device_lock: threading.Lock
     captions: "CaptionService"
+    controlnet: "ControlNetService" = None
 
 
 def build_services(settings: Settings) -> Services:
@@ -56,4 +57,18 @@ def build_services(settings: Settings) -> Services:
                                JsonStore(settings.data_dir / "db" / "training_presets.json"),
                                PathGuard(settings.path_roots), gallery)
     captions = CaptionService(settings.models_root / CAPTION_DIR, cache, device, device_lock)
-    return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions)
+    controlnet = build_controlnet(settings, generation, cache, CONTROLNET_DIR)
+    return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions, controlnet)
+
+
+def build_controlnet(settings: Settings, generation, cache, controlnet_dir: str):
+    """The ControlNet service: ControlNets and detector weights from <models>/ControlNet/ (annotators/ for the
+    detectors), the built-in ControlNet beside the built-in model (assets/builtin-controlnet)."""
+    from pipelines.controlnets import ANNOTATORS_DIR
+    from pipelines.preprocessors import Preprocessors
+    from studio.controlnet_service import ControlNetService
+
+    root = settings.models_root / controlnet_dir
+    preprocessors = Preprocessors(root / ANNOTATORS_DIR, settings.offline, cache)
+    return ControlNetService(generation, preprocessors, root, settings.builtin_model_dir.parent / "builtin-controlnet",
+                             settings.offline)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui import gallery_tab, generate_tab, models_tab, shell, train_tab
+from studio.ui import controlnet_tab, gallery_tab, generate_tab, models_tab, shell, train_tab
 from studio.ui.common import PLUMBING
 
-TAB_MODULES = (generate_tab, train_tab, gallery_tab, models_tab)  # in the order the page shows them
+TAB_MODULES = (generate_tab, controlnet_tab, train_tab, gallery_tab, models_tab)  # in the order the page shows them
 
 
 def build_ui(services) -> gr.Blocks:
     with gr.Blocks(title="AI Artist Studio") as demo:
         shell.header()
-        with gr.Tabs():
+        with gr.Tabs() as tab_row:
             tabs = [module.create_tab(services) for module in TAB_MODULES]
+        for tab in tabs:  # events between tabs, once every tab exists
+            if tab.connect is not None:
+                tab.connect({t.title: t for t in tabs}, tab_row)
         shell.help_panel()
         shell.install_script(demo)
         for tab in tabs:

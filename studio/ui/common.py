@@ -40,12 +40,15 @@ class LoadEvent:
 @dataclass
 class Tab:
     """What a tab module hands to the app: its title, its on-load events, API-only endpoints (name -> typed
-    function, served through gr.api) and the components other tabs may send to (e.g. "prompt")."""
+    function, served through gr.api), the components other tabs may send to (e.g. "prompt"), and `connect`:
+    called once every tab is built, with the tabs by title and the gr.Tabs that holds them, to wire events that
+    reach into another tab (a "Send to ControlNet" button)."""
 
     title: str
     on_load: list[LoadEvent] = field(default_factory=list)
     api: dict[str, Callable] = field(default_factory=dict)
     components: dict[str, Any] = field(default_factory=dict)
+    connect: Callable[[dict[str, "Tab"], Any], None] | None = None
 
 
 # ---------------------------------------------------------------------- errors
@@ -162,6 +165,57 @@ def stream_job(jobs, owner: str, work: Callable[[threading.Event, Callable[[Any]
     return outcome.get("result")
 
 
+def stream_generation(jobs, owner: str, run: Callable, count: int, steps_per_image: int, progress) -> Iterator:
+    """The page side of a generation job (the Generate and ControlNet tabs): yields (live preview, gallery items,
+    infotext, status) while `run(cancel, on_progress)` (GenerationService.generate with its request bound) works,
+    then the saved PNG files, the first one's infotext and the result's message with the seeds."""
+    yield None, [], "", f"Queued on the device… ({count} image(s))"
+
+    def render(update):
+        index, total, step = update
+        if index < 0:
+            progress(step.step / max(1, step.total), desc="Downloading model")
+            return (gr.update(), gr.update(), gr.update(),
+                    f"Downloading model… {step.step / 2**20:.0f} of {step.total / 2**20:.0f} MB")
+        progress((index * steps_per_image + step.step) / max(1, total * steps_per_image),
+                 desc=f"image {index + 1}/{total}")
+        if step.preview is None:
+            return None
+        return step.preview, gr.update(), gr.update(), f"Image {index + 1}/{total}, step {step.step}/{step.total}"
+
+    def work(cancel, report):
+        return run(cancel, lambda i, n, u: report((i, n, u)))
+
+    result = yield from stream_job(jobs, owner, work, render)
+    items = [(str(img.path), f"seed {img.seed}") for img in result.images]
+    first = result.images[0].infotext if result.images else ""
+    seeds = ", ".join(str(img.seed) for img in result.images)
+    message = result.message + (f" · seed {seeds}" if seeds else "")
+    yield (str(result.images[-1].path) if result.images else None), items, first, message
+
+
 def stop_jobs(jobs, request: gr.Request | None) -> str:
     """The Stop buttons' handler body: cancel this page's running jobs."""
     return "Stopping…" if jobs.cancel(session_owner(request)) else "Nothing is running."
+
+
+# ---------------------------------------------------------------------- shared widgets
+def generation_fields(services, recommended: dict, prefix: str = "") -> dict:
+    """The sampling widgets of a tab that generates (sampler, steps, CFG scale and rescale, width, height, seed,
+    batch count and size), named as GenerationRequest's fields, for a `Form`; laid out in rows where called.
+    `recommended` is the model's recommended {cfg_scale, cfg_rescale}; `prefix` keeps elem_ids unique."""
+    generation, settings = services.generation, services.settings
+    fields = {}
+    with gr.Row():
+        fields["sampler"] = gr.Dropdown(generation.samplers(), value=generation.default_sampler(), label="Sampler")
+        fields["steps"] = gr.Slider(1, 150, value=20, step=1, label="Steps")
+        fields["cfg_scale"] = gr.Slider(0, 30, value=recommended["cfg_scale"], step=0.5, label="CFG scale")
+        fields["cfg_rescale"] = gr.Slider(0, 1, value=recommended["cfg_rescale"], step=0.05, label="CFG rescale")
+    with gr.Row():
+        fields["width"] = gr.Slider(64, 2048, value=128, step=8, label="Width", elem_id=f"{prefix}width")
+        fields["height"] = gr.Slider(64, 2048, value=128, step=8, label="Height", elem_id=f"{prefix}height")
+    with gr.Row():
+        fields["seed"] = gr.Number(-1, label="Seed (-1 = random)", precision=0)
+        fields["batch_count"] = gr.Slider(1, settings.max_batch_count, value=1, step=1, label="Batch count")
+        fields["batch_size"] = gr.Slider(1, settings.max_batch_size, value=1, step=1, label="Batch size")
+    return fields

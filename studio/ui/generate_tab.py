@@ -5,7 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.generation_service import GenerationRequest
-from studio.ui.common import ON_GPU, PLUMBING, Form, LoadEvent, Tab, session_owner, stop_jobs, stream_job, user_errors
+from studio.ui.common import (ON_GPU, PLUMBING, Form, LoadEvent, Tab, session_owner, stop_jobs, stream_generation,
+                              user_errors)
 
 PNG_INFO_FIELDS = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "cfg_rescale", "width", "height",
                    "seed")
@@ -53,8 +54,8 @@ def create_tab(services) -> Tab:
                     model = gr.Dropdown(choices, value=default_model, label="Model", allow_custom_value=True,
                                         info="Installed models, or type a Hugging Face id (owner/name)", scale=4)
                     refresh = gr.Button("↻", scale=0, min_width=40)
-                    vae = gr.Dropdown(models.vae_choices(), value="", label="VAE", scale=2,
-                                      info="the model's own, automatic, or a file from the models folder's VAE/")
+                    vae = gr.Dropdown(models.vae_choices(), value="", label="VAE", scale=2, min_width=180,
+                                      info="the model's own, auto, or one from VAE/")
                 mode = gr.Radio(generation.modes(), value="txt2img", label="Mode")
                 prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a red circle on a blue background",
                                     elem_id="prompt", info="Ctrl+Enter generates")
@@ -97,6 +98,8 @@ def create_tab(services) -> Tab:
                                      interactive=False, preview=False, object_fit="contain")
                 info = gr.Textbox(label="Parameters (A1111 infotext)", lines=4, interactive=False,
                                   elem_id="output-info")
+                send_controlnet = gr.Button("Send to ControlNet", size="sm", elem_id="send-to-controlnet")
+                chosen = gr.State(None)  # the output picked in the gallery (else its first image is sent)
 
     form = Form(model=model, mode=mode, prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps,
                 cfg_scale=cfg, cfg_rescale=cfg_rescale, width=width, height=height, seed=seed,
@@ -152,28 +155,9 @@ def create_tab(services) -> Tab:
     def on_generate(values: dict, request: gr.Request, progress=gr.Progress()):
         req = generation.validate(request_from_form(values))
         total_steps = req.steps if req.mode == "txt2img" else max(1, int(req.steps * req.strength))
-        yield None, [], "", f"Queued on the device… ({req.batch_count * req.batch_size} image(s))"
-
-        def render(update):
-            index, total, step = update
-            if index < 0:
-                progress(step.step / max(1, step.total), desc="Downloading model")
-                return (gr.update(), gr.update(), gr.update(),
-                        f"Downloading model… {step.step / 2**20:.0f} of {step.total / 2**20:.0f} MB")
-            progress((index * total_steps + step.step) / max(1, total * total_steps), desc=f"image {index + 1}/{total}")
-            if step.preview is None:
-                return None
-            return step.preview, gr.update(), gr.update(), f"Image {index + 1}/{total}, step {step.step}/{step.total}"
-
-        def work(cancel, report):
-            return generation.generate(req, cancel, lambda i, n, u: report((i, n, u)))
-
-        result = yield from stream_job(services.jobs, session_owner(request), work, render)
-        items = [(str(img.path), f"seed {img.seed}") for img in result.images]
-        first = result.images[0].infotext if result.images else ""
-        seeds = ", ".join(str(img.seed) for img in result.images)
-        message = result.message + (f" · seed {seeds}" if seeds else "")
-        yield (str(result.images[-1].path) if result.images else None), items, first, message
+        yield from stream_generation(services.jobs, session_owner(request),
+                                     lambda cancel, report: generation.generate(req, cancel, report),
+                                     req.batch_count * req.batch_size, total_steps, progress)
 
     generate.click(on_generate, form.inputs, [preview, gallery, info, status], api_name="generate", **ON_GPU)
 
@@ -186,4 +170,28 @@ def create_tab(services) -> Tab:
         return generation.infotext_of(items[evt.index][0] if items else None)
 
     gallery.select(on_select, gallery, info, queue=False, **PLUMBING)
-    return Tab("Generate", components={"prompt": prompt, "model": model, "init_image": init_image, "mode": mode})
+
+    def on_pick(evt: gr.SelectData, items):
+        return items[evt.index][0] if items and evt.index < len(items) else None
+
+    gallery.select(on_pick, gallery, chosen, queue=False, **PLUMBING)
+    gallery.change(lambda items: None, gallery, chosen, queue=False, **PLUMBING)
+
+    def connect(tabs: dict, tab_row) -> None:
+        """Send to ControlNet: the picked output (or the first) becomes unit 1's control image, with the prompt."""
+        target = tabs.get("ControlNet")
+        if target is None:
+            return
+
+        def send(picked, items, text):
+            path = picked or (items[0][0] if items else None)
+            if not path:
+                raise gr.Error("Generate an image first, then send it to ControlNet.")
+            return path, text, gr.Tabs(selected="controlnet")
+
+        send_controlnet.click(send, [chosen, gallery, prompt],
+                              [target.components["control_image"], target.components["prompt"], tab_row],
+                              queue=False, **PLUMBING)
+
+    return Tab("Generate", components={"prompt": prompt, "model": model, "init_image": init_image, "mode": mode},
+               connect=connect)
