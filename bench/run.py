@@ -24,6 +24,7 @@ from pathlib import Path
 from bench.common import line as _line
 from bench.common import services as _services
 from bench.lora_proof import LORA_RECIPE_FLAGS, LoraProofRecipe, bench_lora
+from bench.real_size import bench_real_size
 from studio.settings import BUILTIN_MODEL_DIR, PROJECT_ROOT
 
 
@@ -106,6 +107,22 @@ def bench_cache(tmp: Path) -> None:
     _line("img2img + inpaint views built once at load", f"{derive_ms:.1f} ms (from_pipe, no weight copy)")
     _line("extra weight loads while switching", f"{extra_loads} (derived entries: "
           f"{models.stats().loads - loads_before}, sharing weights)")
+    bench_model_hash(tmp, BUILTIN_MODEL_DIR / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def bench_model_hash(tmp: Path, weights: Path) -> None:
+    """The infotext's model hash: computed once per file, then read from the data dir's cache (a restart too)."""
+    from pipelines.model_hashes import HashCache
+
+    cache_file = tmp / "hashes" / "model_hashes.json"
+    t0 = time.perf_counter()
+    HashCache(cache_file).autov2(weights)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    HashCache(cache_file).autov2(weights)  # a new instance, as after a restart
+    cached = time.perf_counter() - t0
+    size_mb = weights.stat().st_size / 2**20
+    _line(f"model hash ({size_mb:.0f} MB file): cold / cached", f"{cold * 1000:.1f} ms / {cached * 1000:.2f} ms")
 
 
 def _free_port() -> int:
@@ -173,6 +190,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, LoraP
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, 10k gallery, 40 prompts")
     p.add_argument("--skip", default="", help="comma list of: generation,cache,coldstart,gallery,adherence,lora")
+    p.add_argument("--real-size", action="store_true",
+                   help="also run the opt-in real-size section (random SD 1.5, folder vs single file; ~7 GB RAM)")
+    p.add_argument("--real-size-dir", type=Path, default=None,
+                   help="where the real-size section keeps its 4 GB of model files between runs")
     defaults = LoraProofRecipe()
     for flag, field, options in LORA_RECIPE_FLAGS:
         p.add_argument(flag, dest=field, default=getattr(defaults, field), **options)
@@ -197,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
             ("lora", lambda: bench_lora(tmp / "l", recipe)),
         ]
+        if args.real_size:
+            sections.append(("real-size", lambda: bench_real_size(tmp, args.real_size_dir)))
         for name, run in sections:
             if name not in skip:
                 run()
