@@ -15,9 +15,8 @@ from pathlib import Path
 from bench.common import line as _line
 from pipelines.loras import load_lora_file
 from studio.settings import BUILTIN_MODEL_DIR
-from studio.training_service import LORA_LAYERS
-from training.recipes import (PRESETS, PROOF_CLASS_PRIOR, PROOF_EMBEDDING_INIT, PROOF_EVAL_PROMPTS, PROOF_IMAGES,
-                              PROOF_MINUTES, PROOF_PHRASINGS, PROOF_PRIOR_IMAGES, PROOF_REGULARIZATION_SHARE,
+from training.recipes import (LORA_LAYERS, PRESETS, PROOF_CLASS_PRIOR, PROOF_EMBEDDING_INIT, PROOF_EVAL_PROMPTS,
+                              PROOF_IMAGES, PROOF_MINUTES, PROOF_PHRASINGS, PROOF_PRIOR_IMAGES, PROOF_REGULARIZATION_SHARE,
                               PROOF_RESOLUTION, PROOF_WARMUP_STEPS)
 
 NEW_SHAPE = PRESETS["new shape"]

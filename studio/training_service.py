@@ -21,7 +21,7 @@ from training.captions import caption_variants, join_variants
 from training.curves import smooth
 from training.lora_trainer import (LR_SCHEDULERS, PRECISIONS, LoraTrainer, LoraTrainingConfig, TrainingEvent,
                                    TrainingSample, list_checkpoints, saved_loss_history)
-from training.recipes import PRESET_FIELDS, PRESETS  # the Train tab's presets (one table for all recipes)
+from training.recipes import LORA_LAYERS, PRESET_FIELDS, PRESETS  # the Train tab's presets (one table for all recipes)
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -97,13 +97,6 @@ class LiveRun:
     log: list[str] = field(default_factory=list)
     lora_path: str = ""
     error: str = ""
-
-
-LORA_LAYERS = {  # Train tab choice -> the trainer's switches
-    "attention": {"train_attention": True, "train_conv": False},
-    "attention + convolutions (LoCon)": {"train_attention": True, "train_conv": True},
-    "convolutions only": {"train_attention": False, "train_conv": True},
-}
 
 
 UNET_BLOCK_RE = re.compile(r"(down_blocks|up_blocks)\.\d{1,2}|mid_block")

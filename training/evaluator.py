@@ -340,10 +340,8 @@ def _read_objects(px: np.ndarray, comp: np.ndarray, bg: int) -> list[DetectedObj
     return [_describe(p, colour) for p in pieces] if pieces else [_describe(comp, colour)]
 
 
-def analyse_image(img: Image.Image) -> ImageAnalysis:
-    """Background colour (dominant palette colour on the border, pattern tints counted as their colour) and
-    pattern, then every connected blob that is clearly not background: colour, shape, size, position.
-    Any image size works (it is resized to the world's 128x128 first)."""
+def _foreground(img: Image.Image) -> tuple[np.ndarray, int, np.ndarray]:
+    """(pixels, background colour index, foreground mask) of an image at the world's 128x128."""
     img = img.convert("RGB")
     if img.size != (IMAGE_SIZE, IMAGE_SIZE):
         img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
@@ -354,7 +352,20 @@ def analyse_image(img: Image.Image) -> ImageAnalysis:
                              label[:, -2:].ravel()])
     bg = int(np.bincount(border, minlength=len(COLOUR_NAMES)).argmax())
     off_bg = (label != bg) & (_segment_distance(px, PALETTE[bg], TINTS[bg])[0] > FOREGROUND_MIN_DIST)
-    mask = ndimage.binary_fill_holes(ndimage.binary_opening(off_bg))
+    return px, bg, ndimage.binary_fill_holes(ndimage.binary_opening(off_bg))
+
+
+def foreground_mask(img: Image.Image) -> np.ndarray:
+    """The 128x128 boolean mask of everything that is clearly not background (the objects), as analyse_image
+    reads it: off the background colour and its pattern tint, opened, holes filled."""
+    return _foreground(img)[2]
+
+
+def analyse_image(img: Image.Image) -> ImageAnalysis:
+    """Background colour (dominant palette colour on the border, pattern tints counted as their colour) and
+    pattern, then every connected blob that is clearly not background: colour, shape, size, position.
+    Any image size works (it is resized to the world's 128x128 first)."""
+    px, bg, mask = _foreground(img)
     components, n = ndimage.label(mask)
     objects = []
     for i in range(1, n + 1):

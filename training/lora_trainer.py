@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 
 from training.captions import mirror_caption, pick_variant
 from training.noise_levels import sample_timesteps
+from training.recipes import LORA_LAYERS
 from training.recipes import TRAINER_DEFAULTS as DEFAULT
 
 LR_SCHEDULERS = ("constant", "cosine", "linear")
@@ -55,8 +56,10 @@ class LoraTrainingConfig:
     train_text_encoder: bool = False
     text_encoder_learning_rate: float = 0.0  # 0: the UNet LoRA's learning rate (kohya users often go 5-10x lower)
     loraplus_lr_ratio: float = 1.0  # LoRA+: the up (B) matrices learn this many times faster than the down (A)
-    train_conv: bool = False  # LoCon: LoRA on the UNet's convolutions and feed-forward layers as well
-    train_attention: bool = True  # LoRA on the attention projections (off with train_conv: convolutions only)
+    # LoCon: LoRA on the UNet's convolutions and feed-forward layers as well; attention projections (off with
+    # train_conv: convolutions only). From the default recipe's "lora_layers" choice.
+    train_conv: bool = LORA_LAYERS[DEFAULT["lora_layers"]]["train_conv"]
+    train_attention: bool = LORA_LAYERS[DEFAULT["lora_layers"]]["train_attention"]
     skip_blocks: list[str] = field(default_factory=list)  # UNet blocks left without LoRA, e.g. ["up_blocks.2"]
     seed: int = 0
     validation_prompts: list[str] = field(default_factory=list)

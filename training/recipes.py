@@ -25,7 +25,12 @@ PRESETS: dict[str, dict] = {  # every preset sets every field of PRESET_FIELDS, 
                   "lora_layers": "convolutions only", "train_embedding": True, "embedding_learning_rate": 4e-2,
                   "subject_weight": 5.0, "lora_dropout": 0.1},
 }
-PRESET_FIELDS = tuple(PRESETS["quick"])  # what a preset sets, in the Train tab's order
+PRESET_FIELDS = tuple(PRESETS["quick"])
+LORA_LAYERS = {  # a preset's "lora_layers" choice -> the trainer's switches
+    "attention": {"train_attention": True, "train_conv": False},
+    "attention + convolutions (LoCon)": {"train_attention": True, "train_conv": True},
+    "convolutions only": {"train_attention": False, "train_conv": True},
+}  # what a preset sets, in the Train tab's order
 
 # a run configured in code (a script, a test) that sets nothing else: a plain attention LoRA of rank 8 at a
 # constant rate (the "lora_layers" choice "attention" is the trainer's train_attention=True, train_conv=False)
