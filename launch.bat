@@ -3,6 +3,7 @@ rem AI Artist Studio
 rem   launch.bat [app options]        set up .venv and start the studio on the built-in model
 rem   launch.bat test [pytest options] set up .venv (with test tools) and run the whole test suite
 rem   launch.bat bench                print the benchmark numbers
+rem   launch.bat curate DIR [--json OUT] score a folder of images (quality, duplicates, verdicts)
 setlocal
 cd /d "%~dp0"
 set MODE=%1
@@ -29,6 +30,10 @@ if "%MODE%"=="test" (
 )
 if "%MODE%"=="bench" (
   .venv\Scripts\python -m bench %2 %3 %4 %5 %6 %7 %8 %9
+  exit /b %ERRORLEVEL%
+)
+if "%MODE%"=="curate" (
+  .venv\Scripts\python -m studio.curation.cli %2 %3 %4 %5 %6 %7 %8 %9
   exit /b %ERRORLEVEL%
 )
 .venv\Scripts\python app.py --inbrowser %*

@@ -3,6 +3,7 @@
 #   ./launch.sh [app options]   set up .venv (first run) and start the studio on the built-in model
 #   ./launch.sh test [pytest options]   set up .venv (with test tools) and run the whole test suite
 #   ./launch.sh bench           print the benchmark numbers
+#   ./launch.sh curate DIR [--json OUT]   score a folder of images (quality, duplicates, verdicts)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -49,6 +50,10 @@ case "$MODE" in
   bench)
     shift
     exec .venv/bin/python -m bench "$@"
+    ;;
+  curate)
+    shift
+    exec .venv/bin/python -m studio.curation.cli "$@"
     ;;
   *)
     if [ "$MODE" = "run" ] && [ $# -gt 0 ]; then shift; fi

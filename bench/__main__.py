@@ -1,3 +1,4 @@
 from bench.run import main
 
-main()
+if __name__ == "__main__":  # the curation section starts worker processes, which import this module again
+    main()

@@ -51,14 +51,18 @@ def run_variant(variant: str, models: Path, out: Path) -> dict:
     if who == "plain":
         import diffusers
 
-        from pipelines.single_file import CONFIGS_DIR
+        from pipelines.single_file import CONFIGS_DIR, family_tokenizer
 
         if kind == "folder":
             pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32,
                                                                      local_files_only=True)
         else:
+            # the bundled config folders share one CLIP vocabulary, so the tokenizer is built and passed
             pipe = diffusers.StableDiffusionPipeline.from_single_file(
-                single, config=str(CONFIGS_DIR / "v1"), torch_dtype=torch.float32, local_files_only=True)
+                single, config=str(CONFIGS_DIR / "v1"), tokenizer=family_tokenizer(CONFIGS_DIR / "v1", "tokenizer",
+                                                                                  CONFIGS_DIR),
+                torch_dtype=torch.float32, local_files_only=True)
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)  # the studio's "Euler"
         pipe.set_progress_bar_config(disable=True)
         loaded = time.perf_counter() - t0
 

@@ -4,7 +4,8 @@
 
 Prints: studio txt2img vs raw diffusers (wall-time ratio, pixel identity), cache hit vs cold load, mode
 switching cost, cold start of app.py to first served page, gallery store at 100k images, and the built-in
-model's prompt adherence on the held-out prompt set, and the LoRA proof (teaching it the held-out "star").
+model's prompt adherence on the held-out prompt set, the LoRA proof (teaching it the held-out "star"), and
+curation (scoring speed, de-dup of 10,000 hashes, blur / degradation / near-duplicate quality on real photos).
 Beside the generation and LoRA training times: the UNet's FLOP rate as a share of this CPU's matmul peak.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from bench.common import line as _line
 from bench.common import services as _services
+from bench.curation import bench_curation
 from bench.lora_proof import LORA_RECIPE_FLAGS, LoraProofRecipe, bench_lora
 from bench.real_size import bench_real_size
 from studio.settings import BUILTIN_MODEL_DIR, PROJECT_ROOT
@@ -189,7 +191,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, LoraP
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, 10k gallery, 40 prompts")
-    p.add_argument("--skip", default="", help="comma list of: generation,cache,coldstart,gallery,adherence,lora")
+    p.add_argument("--skip", default="",
+                   help="comma list of: generation,cache,coldstart,gallery,adherence,lora,curation")
     p.add_argument("--real-size", action="store_true",
                    help="also run the opt-in real-size section (random SD 1.5, folder vs single file; ~7 GB RAM)")
     p.add_argument("--real-size-dir", type=Path, default=None,
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             ("gallery", lambda: bench_gallery(tmp, 10_000 if args.quick else 100_000)),
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
             ("lora", lambda: bench_lora(tmp / "l", recipe)),
+            ("curation", lambda: bench_curation(tmp / "cu", args.quick)),
         ]
         if args.real_size:
             sections.append(("real-size", lambda: bench_real_size(tmp, args.real_size_dir)))

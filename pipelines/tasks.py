@@ -7,6 +7,7 @@ the generation runner and the mode lists read `TASKS`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -167,7 +168,13 @@ def derive_controlnet_pipeline(base, mode: str, controlnets: list):
 
     name = CONTROLNET_PIPELINES[(base_family(base), get_task(mode).name)]
     nets = controlnets[0] if len(controlnets) == 1 else diffusers.MultiControlNetModel(list(controlnets))
-    pipe = getattr(diffusers, name).from_pipe(base, controlnet=nets)
+    log = logging.getLogger("diffusers.models.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)  # from_pipe's same-dtype .to() warns per module on every job otherwise
+    try:
+        pipe = getattr(diffusers, name).from_pipe(base, controlnet=nets)
+    finally:
+        log.setLevel(level)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

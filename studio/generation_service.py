@@ -101,6 +101,7 @@ class GenerationService:
         self.device_lock = device_lock
         self.max_batch_size = max_batch_size
         self.max_batch_count = max_batch_count
+        self.after_save: list[Callable[[list[str]], object]] = []  # called with each job's new image ids
 
     # ------------------------------------------------------------------ choices for the UI
     @staticmethod
@@ -342,6 +343,8 @@ class GenerationService:
                 pipe.scheduler, pipe.vae = original_scheduler, original_vae
                 if req.loras:
                     pipe.unload_lora_weights()
+        for hook in self.after_save:  # e.g. auto-curation, which runs in the background
+            hook([image.id for image in saved])
         return GenerationResult(saved, total, cancel.is_set() and len(saved) < total, job_id,
                                 time.perf_counter() - start)
 

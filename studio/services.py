@@ -19,6 +19,7 @@ class Services:
     device_lock: threading.Lock
     captions: "CaptionService"
     controlnet: "ControlNetService" = None
+    curation: "CurationService" = None
 
 
 def build_services(settings: Settings) -> Services:
@@ -58,7 +59,24 @@ def build_services(settings: Settings) -> Services:
                                PathGuard(settings.path_roots), gallery)
     captions = CaptionService(settings.models_root / CAPTION_DIR, cache, device, device_lock)
     controlnet = build_controlnet(settings, generation, cache, CONTROLNET_DIR)
-    return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions, controlnet)
+    curation = build_curation(settings, gallery, generation)
+    return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions, controlnet,
+                    curation)
+
+
+def build_curation(settings: Settings, gallery, generation):
+    """The curation service: records in <data>/db/curation/, the verdict history and settings beside them;
+    newly generated images are scored in the background when its auto-curate setting is on."""
+    from studio.curation_service import CurationService
+    from studio.paths import PathGuard
+    from studio.stores.atomic_storage import JsonStore
+    from studio.stores.curation_store import CurationStore
+
+    db = settings.data_dir / "db"
+    curation = CurationService(CurationStore(db), gallery, settings.data_dir, PathGuard(settings.path_roots),
+                               settings.models_root, JsonStore(db / "curation_settings.json"))
+    generation.after_save.append(curation.after_generation)
+    return curation
 
 
 def build_controlnet(settings: Settings, generation, cache, controlnet_dir: str):

@@ -443,9 +443,10 @@ class TrainingService:
         return run_id
 
     def stop(self, run_id: str | None = None) -> bool:
-        """Ask run `run_id` (None: every run) to stop after its current step; False when none was known."""
+        """Ask run `run_id` (None: every run) to stop after its current step; False when none was running."""
         with self._lock:
-            targets = [rid for rid in ([run_id] if run_id else list(self._stop)) if rid in self._stop]
+            targets = [rid for rid in ([run_id] if run_id else list(self._stop))
+                       if rid in self._stop and self._live[rid].status in ("starting", "running")]
             for rid in targets:
                 self._stop[rid].set()
             return bool(targets)

@@ -101,6 +101,7 @@ def test_train_and_generate_through_the_named_api(served, tmp_path):
     assert "**2** images, 2 captioned" in summary
     run_id = client.predict(base_model=TINY_MODEL_ID, name="api-star", max_steps=2, batch_size=1, resolution=64,
                             validation_every=0, checkpoint_every=0, api_name="/train")
+    assert isinstance(run_id, str) and run_id in [r["id"] for r in services.training.list_runs()]
     deadline = time.time() + 240
     status = {}
     while time.time() < deadline:

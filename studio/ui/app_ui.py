@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.ui import controlnet_tab, gallery_tab, generate_tab, models_tab, shell, train_tab
+from studio.ui import controlnet_tab, curate_tab, gallery_tab, generate_tab, models_tab, shell, train_tab
 from studio.ui.common import PLUMBING
 
-TAB_MODULES = (generate_tab, controlnet_tab, train_tab, gallery_tab, models_tab)  # in the order the page shows them
+TAB_MODULES = (generate_tab, controlnet_tab, train_tab, curate_tab, gallery_tab, models_tab)  # in the page's order
 
 
 def build_ui(services) -> gr.Blocks:

@@ -200,17 +200,19 @@ def stop_jobs(jobs, request: gr.Request | None) -> str:
 
 
 # ---------------------------------------------------------------------- shared widgets
-def generation_fields(services, recommended: dict, prefix: str = "") -> dict:
+def generation_fields(services, recommended: dict, prefix: str = "", rescale: bool = True) -> dict:
     """The sampling widgets of a tab that generates (sampler, steps, CFG scale and rescale, width, height, seed,
     batch count and size), named as GenerationRequest's fields, for a `Form`; laid out in rows where called.
-    `recommended` is the model's recommended {cfg_scale, cfg_rescale}; `prefix` keeps elem_ids unique."""
+    `recommended` is the model's recommended {cfg_scale, cfg_rescale}; `prefix` keeps elem_ids unique; `rescale`
+    False hides CFG rescale (for pipelines without it)."""
     generation, settings = services.generation, services.settings
     fields = {}
     with gr.Row():
         fields["sampler"] = gr.Dropdown(generation.samplers(), value=generation.default_sampler(), label="Sampler")
         fields["steps"] = gr.Slider(1, 150, value=20, step=1, label="Steps")
         fields["cfg_scale"] = gr.Slider(0, 30, value=recommended["cfg_scale"], step=0.5, label="CFG scale")
-        fields["cfg_rescale"] = gr.Slider(0, 1, value=recommended["cfg_rescale"], step=0.05, label="CFG rescale")
+        fields["cfg_rescale"] = gr.Slider(0, 1, value=recommended["cfg_rescale"], step=0.05, label="CFG rescale",
+                                          visible=rescale)
     with gr.Row():
         fields["width"] = gr.Slider(64, 2048, value=128, step=8, label="Width", elem_id=f"{prefix}width")
         fields["height"] = gr.Slider(64, 2048, value=128, step=8, label="Height", elem_id=f"{prefix}height")

@@ -1,6 +1,6 @@
 """ControlNet tab: txt2img, img2img or inpaint guided by up to three ControlNet units, each with a control image
-(uploaded or drawn: white strokes on a black canvas), a preprocessor whose map can be previewed, a ControlNet and
-its weights; live preview, Stop, and PNG info that restores the units."""
+(uploaded, or drawn on a blank canvas: the strokes become white lines on black), a preprocessor whose map can be
+previewed, a ControlNet and its weights; live preview, Stop, and PNG info that restores the units."""
 
 from __future__ import annotations
 
@@ -18,14 +18,26 @@ CANVAS = 512
 
 
 def control_image(value):
-    """The picture a unit's canvas holds (uploaded, drawn on, or both), flattened on black; a path or image given
-    directly (API callers) is passed on as it is; None when there is none."""
+    """The picture a unit's canvas holds: strokes drawn on the blank canvas become white lines on black (the map a
+    scribble ControlNet reads, whatever the brush colour); an uploaded picture comes with any strokes drawn on it,
+    flattened. A path or image given directly (API callers) is passed on as it is; None when there is none."""
     from PIL import Image
 
     if not isinstance(value, dict):
         return value
+    background, layers = value.get("background"), [x for x in value.get("layers") or [] if x is not None]
+    if isinstance(background, str):
+        background = Image.open(background)
+    blank = background is None or all(low == high for low, high in background.convert("RGB").getextrema())
+    if blank and layers:
+        size = background.size if background is not None else layers[0].size
+        strokes = Image.new("L", size, 0)
+        for layer in layers:
+            alpha = layer.convert("RGBA").getchannel("A").point(lambda a: 255 if a > 0 else 0)
+            strokes.paste(255, (0, 0), alpha.resize(size))
+        return strokes.convert("RGB")
     image = value.get("composite")
-    image = image if image is not None else value.get("background")
+    image = image if image is not None else background
     if image is None:
         return None
     if isinstance(image, str):
@@ -72,7 +84,6 @@ def create_tab(services) -> Tab:
     default_model = models.default_model(services.settings.model)
     recommended = models.recommended(default_model)
     default_net = controlnet.default_controlnet(default_model)
-    blank = {"background": _black_canvas(), "layers": [], "composite": None}
     units = []
 
     with gr.Tab("ControlNet", id="controlnet"):
@@ -86,7 +97,7 @@ def create_tab(services) -> Tab:
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="cn-prompt",
                                     placeholder="a red circle on a blue background")
                 negative = gr.Textbox(label="Negative prompt", lines=1)
-                fields = generation_fields(services, recommended, prefix="cn-")
+                fields = generation_fields(services, recommended, prefix="cn-", rescale=False)  # none in diffusers
                 with gr.Group(visible=False) as img2img_group:
                     init_image = gr.Image(label="Init image", type="filepath", sources=["upload", "clipboard"])
                 with gr.Group(visible=False) as inpaint_group:
@@ -95,7 +106,7 @@ def create_tab(services) -> Tab:
                                             transforms=(), format="png")
                 strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength", visible=False)
                 for n in range(1, MAX_UNITS + 1):
-                    units.append(_unit_widgets(n, controlnet, default_net, blank))
+                    units.append(_unit_widgets(n, controlnet, default_net))
                 png_info = gr.File(label="PNG info: drop an image made with ControlNet here or in A1111 to reuse "
                                    "its parameters and units", file_types=["image"], type="filepath")
             with gr.Column(scale=6, min_width=320):
@@ -186,27 +197,18 @@ def create_tab(services) -> Tab:
     return Tab("ControlNet", components={"control_image": units[0]["image"], "prompt": prompt, "model": model})
 
 
-def _black_canvas():
-    from PIL import Image
-
-    return Image.new("RGB", (CANVAS, CANVAS), (0, 0, 0))
-
-
-def _unit_widgets(n: int, controlnet, default_net: str, blank: dict) -> dict:
+def _unit_widgets(n: int, controlnet, default_net: str) -> dict:
     """One unit's accordion: canvas and map, preprocessor and its settings, ControlNet and its weights."""
     first = n == 1
     thresholds = controlnet.thresholds("canny")
     w: dict = {}
-    with gr.Accordion(f"ControlNet unit {n}", open=first, elem_id=f"cn-unit{n}"):
+    with gr.Accordion(f"ControlNet unit {n}", open=False, elem_id=f"cn-unit{n}"):
         w["enabled"] = gr.Checkbox(first, label="Enable", elem_id=f"cn-unit{n}-enabled")
-        with gr.Row():
-            w["image"] = gr.ImageEditor(
-                value=blank, label="Control image: upload, or draw white strokes on black", type="pil",
-                sources=["upload", "clipboard"], brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
-                eraser=gr.Eraser(), layers=False, transforms=(), format="png", canvas_size=(CANVAS, CANVAS),
-                elem_id=f"cn-unit{n}-image")
-            w["map"] = gr.Image(label="Map the ControlNet sees", interactive=False, format="png",
-                                elem_id=f"cn-unit{n}-map")
+        w["image"] = gr.ImageEditor(
+            label="Control image: upload a picture, or draw (strokes become white lines on black)", type="pil",
+            sources=["upload", "clipboard"], brush=gr.Brush(colors=["#000000"], color_mode="fixed"),
+            layers=False, transforms=(), format="png", canvas_size=(CANVAS, CANVAS), height=380,
+            elem_id=f"cn-unit{n}-image")
         with gr.Row():
             w["preprocessor"] = gr.Dropdown(controlnet.preprocessor_choices(), value="canny", label="Preprocessor",
                                             elem_id=f"cn-unit{n}-preprocessor")
@@ -218,9 +220,12 @@ def _unit_widgets(n: int, controlnet, default_net: str, blank: dict) -> dict:
                                          step=thresholds[0]["step"], label=thresholds[0]["label"])
             w["threshold_b"] = gr.Slider(thresholds[1]["minimum"], thresholds[1]["maximum"], thresholds[1]["value"],
                                          step=thresholds[1]["step"], label=thresholds[1]["label"])
-        with gr.Row():
-            w["preview"] = gr.Button("Preview map", size="sm", elem_id=f"cn-unit{n}-preview", scale=1)
-            w["note"] = gr.Markdown("", elem_id=f"cn-unit{n}-note")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=140):
+                w["preview"] = gr.Button("Preview map", size="sm", elem_id=f"cn-unit{n}-preview")
+                w["note"] = gr.Markdown("", elem_id=f"cn-unit{n}-note")
+            w["map"] = gr.Image(label="Map the ControlNet sees", interactive=False, format="png", height=200,
+                                scale=1, elem_id=f"cn-unit{n}-map")
         w["model"] = gr.Dropdown(controlnet.controlnet_choices(), value=default_net or None, label="ControlNet",
                                  allow_custom_value=True, info="from the models folder's ControlNet/, the built-in "
                                  "one, or a Hugging Face id", elem_id=f"cn-unit{n}-model")

@@ -10,6 +10,8 @@ SHORTCUTS = (
     ("Alt+X", "Stop the running generation"),
     ("Alt+1 … Alt+9", "Open the first … ninth tab"),
     ("Alt+D", "Dark / light mode (remembered in this browser)"),
+    ("A / R / F", "Accept / reject / feature the selected image (Curate tab, when not typing)"),
+    ("← / →", "Previous / next image in the review grid (Curate tab)"),
     ("?", "Show or hide this help (when not typing)"),
 )
 
@@ -43,6 +45,17 @@ SCRIPT = """
     } else if (e.key === "?" && !typing(document.activeElement)) {
       const toggle = document.querySelector("#help-panel button, #help-panel .label-wrap");
       if (toggle) { e.preventDefault(); toggle.click(); }
+    } else if (!e.ctrlKey && !e.metaKey && !e.altKey && !typing(document.activeElement)
+               && visible(document.querySelector("#curate-grid"))) {
+      const verdict = {a: "#curate-accept", r: "#curate-reject", f: "#curate-feature"}[e.key.toLowerCase()];
+      const step = {ArrowRight: 1, ArrowLeft: -1}[e.key];
+      if (verdict) { e.preventDefault(); document.querySelector(verdict).click(); }
+      if (step) {
+        const thumbs = [...document.querySelectorAll("#curate-grid button.thumbnail-item")];
+        const at = thumbs.findIndex((t) => t.classList.contains("selected"));
+        const next = thumbs[Math.min(thumbs.length - 1, Math.max(0, at < 0 ? 0 : at + step))];
+        if (next) { e.preventDefault(); next.click(); next.focus(); }
+      }
     }
   });
 }

@@ -200,6 +200,7 @@ def create_tab(services) -> Tab:
                     compare = gr.Button("Make grid")
                     cmp_image = gr.Image(label="Checkpoints × weights", format="png", interactive=False)
         current = gr.State(None)
+        started = gr.Textbox(visible=False, label="Run id")  # what /train returns to API clients
         runs_shown = gr.State("")  # what the run list last showed (see poll)
         items_state = gr.State([])
         timer = gr.Timer(POLL_SECONDS, active=True)
@@ -280,9 +281,9 @@ def create_tab(services) -> Tab:
         if replaces:
             gr.Warning(f"A LoRA named {req.name.strip()} exists: this run replaces it when it ends (the earlier "
                        "run keeps its own copy in its run folder); change LoRA name to keep both")
-        return run_id
+        return run_id, run_id
 
-    train.click(on_train, form.inputs, current, api_name="train")
+    train.click(on_train, form.inputs, [current, started], api_name="train")
 
     def on_stop(run_id):
         """Stop this page's run (after a reload the page has none: then the one running training)."""
@@ -368,4 +369,5 @@ def create_tab(services) -> Tab:
 
     compare.click(on_compare, [run_pick, cmp_prompt, cmp_seed, cmp_weights], cmp_image, api_name="train_compare",
                   **ON_GPU)
-    return Tab("Train", on_load=[LoadEvent(runs_view, [], [runs, run_pick])], api={"train_status": train_status, "train_stop": train_stop})
+    return Tab("Train", on_load=[LoadEvent(runs_view, [], [runs, run_pick])], api={"train_status": train_status, "train_stop": train_stop},
+               components={"dataset_folder": folder})
