@@ -34,6 +34,7 @@ def create_app(settings: Settings):
     services = build_services(settings)
     demo = build_ui(services)
     demo.queue(max_size=settings.queue_max_size, default_concurrency_limit=settings.gpu_concurrency)
+    services.schedules.start()  # schedules rebuilt, missed runs handled, interrupted runs resumed
     return demo, services
 
 

@@ -20,6 +20,7 @@ class Services:
     captions: "CaptionService"
     controlnet: "ControlNetService" = None
     curation: "CurationService" = None
+    schedules: "ScheduleService" = None
 
 
 def build_services(settings: Settings) -> Services:
@@ -60,8 +61,20 @@ def build_services(settings: Settings) -> Services:
     captions = CaptionService(settings.models_root / CAPTION_DIR, cache, device, device_lock)
     controlnet = build_controlnet(settings, generation, cache, CONTROLNET_DIR)
     curation = build_curation(settings, gallery, generation)
+    schedules = build_schedules(settings, generation, curation, gallery, training)
     return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions, controlnet,
-                    curation)
+                    curation, schedules)
+
+
+def build_schedules(settings: Settings, generation, curation, gallery, training):
+    """The schedule service: schedules and run reports in <data>/db/; its scheduler is started by the app
+    (`services.schedules.start()`), not here."""
+    from studio.schedule_service import ScheduleService
+    from studio.stores.atomic_storage import JsonStore
+
+    db = settings.data_dir / "db"
+    return ScheduleService(JsonStore(db / "schedules.json"), JsonStore(db / "schedule_runs.json"), generation,
+                           curation, gallery, settings.data_dir, training)
 
 
 def build_curation(settings: Settings, gallery, generation):

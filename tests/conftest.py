@@ -85,5 +85,6 @@ def served(tmp_path_factory, tiny_models_dir):
     kwargs.update(prevent_thread_lock=True, quiet=True, inbrowser=False)
     demo.launch(**kwargs)
     yield f"http://127.0.0.1:{settings.port}/", services
+    services.schedules.shutdown(wait=False)
     services.training.shutdown()
     demo.close()

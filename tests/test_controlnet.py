@@ -316,21 +316,72 @@ def test_train_controlnet_runs_resumes_and_exports_a_loadable_controlnet(tmp_pat
     assert {la.named for la in layouts} == {True, False} and {len(la.scene.objects) for la in layouts} == {1, 2}
 
 
-# ---------------------------------------------------------------------- the tab in a browser
-@pytest.mark.browser
-def test_browser_previews_a_map_and_generates_with_controlnet(served, tmp_path):
-    from tests.test_app_e2e import CHROMIUM, require_chromium
+# ---------------------------------------------------------------------- the tab
+def test_a_drawing_becomes_white_lines_on_black_and_an_upload_wins():
+    from studio.ui.controlnet_tab import control_image, unit_image
+
+    canvas = Image.new("RGB", (64, 64), (255, 255, 255))
+    stroke = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    stroke.paste((0, 0, 0, 255), (10, 30, 50, 34))
+    drawn = np.asarray(control_image({"background": canvas, "layers": [stroke], "composite": None}))
+    assert drawn[32, 20].tolist() == [255, 255, 255] and drawn[5, 5].tolist() == [0, 0, 0]
+    photo = scene_image()
+    assert control_image({"background": photo, "layers": [], "composite": photo}).size == photo.size
+    assert control_image({"background": canvas, "layers": [], "composite": None}).getextrema() == ((255, 255),) * 3
+    assert unit_image(photo, {"background": canvas, "layers": [stroke], "composite": None}) is photo
+    assert unit_image(None, None) is None
+
+
+def served_controlnet(services, tmp_path) -> str:
+    """A tiny ControlNet in the served app's models folder (written once); its id."""
     from tests.tiny_models import tiny_sd_pipeline
+
+    net = services.settings.models_root / "ControlNet" / "served-cn"
+    if not net.exists():
+        tiny_controlnet(tiny_sd_pipeline(tmp_path / "tok").unet).save_pretrained(net)
+    return "local:served-cn"
+
+
+def test_preview_and_generate_by_name_through_gradio_client(served, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, services = served
+    model = served_controlnet(services, tmp_path)
+    upload = tmp_path / "control.png"
+    scene_image(5, 96).save(upload)
+    client = Client(url, verbose=False)
+    shown, note = client.predict(image=handle_file(str(upload)), preprocessor="scribble_xdog", threshold_a=32,
+                                 width=64, height=64, api_name="/controlnet_preview")
+    assert Image.open(shown).size == (64, 64) and "scribble_xdog map at 64 px" in note and "fitted to 64x64" in note
+    _, gallery, info, status = client.predict(
+        prompt="a black circle", model=TINY_MODEL_ID, sampler="Euler", steps=2, width=64, height=64, seed=4,
+        unit1_image=handle_file(str(upload)), unit1_model=model, unit1_weight=0.8, api_name="/controlnet")
+    assert len(gallery) == 1 and 'ControlNet 0: "Module: canny, Model: served-cn, Weight: 0.8' in info
+    assert "1 image" in status
+    with pytest.raises(Exception, match="unit 1 model: ControlNet 'nothing-here' is not under"):
+        client.predict(prompt="a circle", unit1_image=handle_file(str(upload)), unit1_model="local:nothing-here",
+                       api_name="/controlnet")
+
+
+@pytest.mark.browser
+def test_browser_sends_an_output_previews_its_map_and_generates_with_controlnet(served, tmp_path):
+    from tests.test_app_e2e import CHROMIUM, require_chromium
 
     require_chromium()
     from playwright.sync_api import sync_playwright
 
     url, services = served
-    net = services.settings.models_root / "ControlNet" / "browser-cn"
-    if not net.exists():
-        tiny_controlnet(tiny_sd_pipeline(tmp_path / "tok").unet).save_pretrained(net)
+    model = served_controlnet(services, tmp_path)
     upload = tmp_path / "control.png"
     scene_image(5, 128).save(upload)
+
+    def type_prompt(page, selector, text):
+        for _ in range(20):  # a page still hydrating may drop the first keystrokes: type until it sticks
+            page.fill(selector, text)
+            page.wait_for_timeout(300)
+            if page.input_value(selector) == text:
+                return
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -338,23 +389,27 @@ def test_browser_previews_a_map_and_generates_with_controlnet(served, tmp_path):
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(url)
-        page.get_by_role("tab", name="ControlNet").click()
-        page.wait_for_selector("#cn-prompt textarea", timeout=60_000)
+        page.wait_for_selector("#prompt textarea", timeout=60_000)
+        # a Generate output goes to ControlNet unit 1 in one click
+        type_prompt(page, "#prompt textarea", "a green square")
+        page.click("#generate-button")
+        page.wait_for_selector("#output-gallery img", timeout=120_000)
+        page.click("#send-to-controlnet")
+        page.wait_for_selector("#cn-unit1-image img", timeout=30_000)
+        assert page.get_by_role("tab", name="ControlNet").get_attribute("aria-selected") == "true"
+        assert page.input_value("#cn-prompt textarea") == "a green square"
+        # an upload replaces it; its map is previewed
         page.locator("#cn-unit1-image input[type=file]").set_input_files(str(upload))
         page.wait_for_timeout(1000)
         page.click("#cn-unit1-preview")
         page.wait_for_selector("#cn-unit1-map img", timeout=60_000)
-        page.wait_for_function("document.querySelector('#cn-unit1-note').innerText.includes('canny map')",
+        page.wait_for_function("document.querySelector('#cn-unit1-note').innerText.includes('canny map at 128 px')",
                                timeout=30_000)
-        page.get_by_role("button", name="↻").nth(1).click()  # the ControlNet tab's refresh lists the new ControlNet
+        page.click("#cn-refresh")  # lists the ControlNet written after the page was built
         page.wait_for_timeout(500)
-        page.locator("#cn-unit1-model input").fill("local:browser-cn")
+        page.locator("#cn-unit1-model input").fill(model)
         page.locator("#cn-unit1-model input").press("Enter")
-        for _ in range(20):
-            page.fill("#cn-prompt textarea", "a black circle")
-            page.wait_for_timeout(300)
-            if page.input_value("#cn-prompt textarea") == "a black circle":
-                break
+        type_prompt(page, "#cn-prompt textarea", "a black circle")
         page.click("#cn-generate")
         page.wait_for_selector("#cn-output img", timeout=120_000)
         page.wait_for_function("document.querySelector('#cn-info textarea').value.includes('ControlNet 0')",
@@ -362,3 +417,15 @@ def test_browser_previews_a_map_and_generates_with_controlnet(served, tmp_path):
         page.screenshot(path=str(tmp_path / "controlnet.png"))
         browser.close()
     assert not errors, errors
+    info = parse_infotext(services.gallery.list(query="black circle")[0][0]["params"]["infotext"])
+    assert info["ControlNet 0"].startswith("Module: canny, Model: served-cn")
+
+
+def test_threshold_sliders_follow_the_preprocessor_and_keep_a_restored_value():
+    from studio.controlnet_service import ControlNetService
+    from studio.ui.controlnet_tab import threshold_updates
+
+    xdog, hidden = threshold_updates(ControlNetService.thresholds("scribble_xdog"), (100, 200))
+    assert (xdog["label"], xdog["value"], xdog["maximum"]) == ("XDoG Threshold", 32, 64) and hidden["visible"] is False
+    low, high = threshold_updates(ControlNetService.thresholds("canny"), (50, 150))
+    assert (low["value"], high["value"]) == (50, 150)

@@ -22,6 +22,8 @@ PUBLIC_API = {
     "/dataset_add_trigger", "/dataset_auto_caption", "/train", "/train_stop", "/train_status", "/train_resume",
     "/train_compare", "/gallery_search", "/models_status", "/unload_model", "/controlnet", "/controlnet_preview",
     "/curate", "/override", "/curation_results", "/suggest_thresholds", "/curation_apply",
+    "/schedule_save", "/schedule_run_now", "/schedule_pause", "/schedule_resume", "/schedule_delete",
+    "/schedule_list", "/schedule_runs",
 }
 
 
@@ -39,9 +41,10 @@ def test_every_tab_module_returns_a_tab_and_the_app_knows_only_the_list(services
     with gr.Blocks():
         with gr.Tabs():
             tabs = [module.create_tab(services) for module in app_ui.TAB_MODULES]
-    assert [t.title for t in tabs] == ["Generate", "ControlNet", "Train", "Curate", "Gallery", "Models"]
+    assert [t.title for t in tabs] == ["Generate", "ControlNet", "Train", "Curate", "Schedule", "Gallery",
+                                        "Models"]
     assert all(isinstance(t, Tab) for t in tabs)
-    assert [len(t.on_load) for t in tabs] == [0, 0, 1, 2, 1, 1]
+    assert [len(t.on_load) for t in tabs] == [0, 0, 1, 2, 2, 1, 1]
     source = (UI_DIR / "app_ui.py").read_text()
     for internal in ("runs_view", "refresh_all", "gallery_load", "prompt"):
         assert internal not in source

@@ -12,8 +12,8 @@ from studio.ui.common import (ON_GPU, PLUMBING, Form, Tab, generation_fields, se
 from studio.ui.generate_tab import mask_from_editor
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
-UNIT_FIELDS = ("image", "enabled", "preprocessor", "pixel_perfect", "resolution", "threshold_a", "threshold_b",
-               "model", "weight", "guidance_start", "guidance_end", "control_mode", "resize_mode")
+UNIT_FIELDS = ("image", "sketch", "enabled", "preprocessor", "pixel_perfect", "resolution", "threshold_a",
+               "threshold_b", "model", "weight", "guidance_start", "guidance_end", "control_mode", "resize_mode")
 CANVAS = 512
 
 
@@ -50,10 +50,15 @@ def control_image(value):
     return image.convert("RGB")
 
 
+def unit_image(upload, sketch):
+    """A unit's control image: the uploaded picture, else the drawing (white lines on black), else None."""
+    return upload if upload is not None else control_image(sketch)
+
+
 def unit_from_values(values: dict, n: int) -> ControlUnit:
     """Unit `n`'s settings from form values named unit<n>_<field>."""
     unit = {name: values.get(f"unit{n}_{name}") for name in UNIT_FIELDS}
-    unit["image"] = control_image(unit["image"])
+    unit["image"] = unit_image(unit["image"], unit.pop("sketch"))
     return ControlUnit(**{k: v for k, v in unit.items() if v is not None or k.startswith("threshold")})
 
 
@@ -72,11 +77,18 @@ def request_from_form(values: dict) -> ControlNetRequest:
     return ControlNetRequest(**values, units=[u for u in units if u.enabled])
 
 
-def threshold_updates(thresholds: list) -> list:
-    """Slider updates for a preprocessor's threshold A and B (hidden where it has none)."""
-    return [gr.update(visible=False) if t is None else
-            gr.update(visible=True, label=t["label"], minimum=t["minimum"], maximum=t["maximum"], value=t["value"],
-                      step=t["step"]) for t in thresholds]
+def threshold_updates(thresholds: list, current: tuple = (None, None)) -> list:
+    """Slider updates for a preprocessor's threshold A and B (hidden where it has none); a current value inside
+    the new range is kept (so PNG info's restored thresholds survive), any other becomes the default."""
+    out = []
+    for t, value in zip(thresholds, current):
+        if t is None:
+            out.append(gr.update(visible=False))
+            continue
+        keep = value is not None and t["minimum"] <= value <= t["maximum"]
+        out.append(gr.update(visible=True, label=t["label"], minimum=t["minimum"], maximum=t["maximum"],
+                             value=value if keep else t["value"], step=t["step"]))
+    return out
 
 
 def create_tab(services) -> Tab:
@@ -92,7 +104,7 @@ def create_tab(services) -> Tab:
                 with gr.Row():
                     model = gr.Dropdown(models.choices(), value=default_model, label="Model", allow_custom_value=True,
                                         info="Installed models, or a Hugging Face id (owner/name)", scale=4)
-                    refresh = gr.Button("↻", scale=0, min_width=40)
+                    refresh = gr.Button("↻", scale=0, min_width=40, elem_id="cn-refresh")
                 mode = gr.Radio(generation.modes(), value="txt2img", label="Mode")
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="cn-prompt",
                                     placeholder="a red circle on a blue background")
@@ -198,17 +210,20 @@ def create_tab(services) -> Tab:
 
 
 def _unit_widgets(n: int, controlnet, default_net: str) -> dict:
-    """One unit's accordion: canvas and map, preprocessor and its settings, ControlNet and its weights."""
+    """One unit's accordion: control image (uploaded or drawn) and its map, preprocessor and its settings,
+    ControlNet and its weights."""
     first = n == 1
     thresholds = controlnet.thresholds("canny")
     w: dict = {}
-    with gr.Accordion(f"ControlNet unit {n}", open=False, elem_id=f"cn-unit{n}"):
+    with gr.Accordion(f"ControlNet unit {n}", open=first, elem_id=f"cn-unit{n}"):
         w["enabled"] = gr.Checkbox(first, label="Enable", elem_id=f"cn-unit{n}-enabled")
-        w["image"] = gr.ImageEditor(
-            label="Control image: upload a picture, or draw (strokes become white lines on black)", type="pil",
-            sources=["upload", "clipboard"], brush=gr.Brush(colors=["#000000"], color_mode="fixed"),
-            layers=False, transforms=(), format="png", canvas_size=(CANVAS, CANVAS), height=380,
-            elem_id=f"cn-unit{n}-image")
+        w["image"] = gr.Image(label="Control image", type="pil", image_mode="RGB", sources=["upload", "clipboard"],
+                              format="png", height=300, elem_id=f"cn-unit{n}-image")
+        with gr.Accordion("…or draw one (used when no image is uploaded)", open=False):
+            w["sketch"] = gr.ImageEditor(
+                label="Sketch: the strokes become white lines on black", type="pil", sources=(),
+                brush=gr.Brush(colors=["#000000"], color_mode="fixed"), layers=False, transforms=(), format="png",
+                canvas_size=(CANVAS, CANVAS), height=380, elem_id=f"cn-unit{n}-sketch")
         with gr.Row():
             w["preprocessor"] = gr.Dropdown(controlnet.preprocessor_choices(), value="canny", label="Preprocessor",
                                             elem_id=f"cn-unit{n}-preprocessor")
@@ -239,23 +254,24 @@ def _unit_widgets(n: int, controlnet, default_net: str) -> dict:
 
 
 def _wire_unit(n: int, w: dict, controlnet, fields: dict) -> None:
-    def on_preprocessor(name):
-        return threshold_updates(controlnet.thresholds(name))
+    def on_preprocessor(name, a, b):
+        return threshold_updates(controlnet.thresholds(name), (a, b))
 
-    w["preprocessor"].change(on_preprocessor, w["preprocessor"], [w["threshold_a"], w["threshold_b"]], queue=False,
-                             **PLUMBING)
+    w["preprocessor"].change(on_preprocessor, [w["preprocessor"], w["threshold_a"], w["threshold_b"]],
+                             [w["threshold_a"], w["threshold_b"]], queue=False, **PLUMBING)
     w["pixel_perfect"].change(lambda on: gr.update(visible=not on), w["pixel_perfect"], w["resolution"],
                               queue=False, **PLUMBING)
 
-    preview_form = Form(image=w["image"], preprocessor=w["preprocessor"], pixel_perfect=w["pixel_perfect"],
-                        resolution=w["resolution"], threshold_a=w["threshold_a"], threshold_b=w["threshold_b"],
-                        resize_mode=w["resize_mode"], width=fields["width"], height=fields["height"])
+    preview_form = Form(image=w["image"], sketch=w["sketch"], preprocessor=w["preprocessor"],
+                        pixel_perfect=w["pixel_perfect"], resolution=w["resolution"], threshold_a=w["threshold_a"],
+                        threshold_b=w["threshold_b"], resize_mode=w["resize_mode"], width=fields["width"],
+                        height=fields["height"])
 
     @preview_form.handler
     def on_preview(values: dict):
         """The map this unit gives the ControlNet at the output size (preprocessed maps are cached)."""
         width, height = values.pop("width"), values.pop("height")
-        values["image"] = control_image(values["image"])
+        values["image"] = unit_image(values["image"], values.pop("sketch"))
         unit = ControlUnit(**values)
         shown = controlnet.preview(unit, width, height, n)
         timing = "from the cache" if shown.cached else f"in {shown.seconds * 1000:.0f} ms"
