@@ -516,6 +516,9 @@ def test_browser_overrides_with_a_click_and_a_key_and_they_persist(served, tmp_p
             page.get_by_role("tab", name="Curate").click()
             thumbs = page.locator("#curate-grid button.thumbnail-item")
             thumbs.first.wait_for(timeout=60_000)
+            # the grid's loading overlay catches clicks until its on-load event has finished
+            page.wait_for_function("[...document.querySelectorAll('#curate-grid [data-testid=status-tracker]')]"
+                                   ".every(t => t.classList.contains('hide'))", timeout=120_000)
             thumbs.nth(0).click()
             page.wait_for_function("document.querySelector('#curate-detail').innerText.includes('Sharpness')",
                                    timeout=20_000)
