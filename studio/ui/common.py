@@ -129,6 +129,12 @@ class Form:
         return wrapper
 
 
+def mode_visibility(mode: str):
+    """Show the init image (img2img), the inpaint editor (inpaint) and the strength (both) for a mode."""
+    return (gr.update(visible=mode == "img2img"), gr.update(visible=mode == "inpaint"),
+            gr.update(visible=mode != "txt2img"))
+
+
 # ---------------------------------------------------------------------- jobs
 def session_owner(request: gr.Request | None) -> str:
     """Who a job belongs to, so that this page's Stop stops this page's jobs only."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.controlnet_service import MAX_UNITS, RESIZE_MODES, ControlNetRequest, ControlUnit
-from studio.ui.common import (ON_GPU, PLUMBING, Form, Tab, generation_fields, session_owner, stop_jobs,
-                              stream_generation, user_errors)
+from studio.ui.common import (ON_GPU, PLUMBING, Form, Tab, generation_fields, mode_visibility, session_owner,
+                              stop_jobs, stream_generation, user_errors)
 from studio.ui.generate_tab import mask_from_editor
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
@@ -135,11 +135,7 @@ def create_tab(services) -> Tab:
     form = Form(model=model, mode=mode, prompt=prompt, negative_prompt=negative, **fields, init_image=init_image,
                 inpaint_image=editor, strength=strength, **unit_components)
 
-    def on_mode(selected):
-        return (gr.update(visible=selected == "img2img"), gr.update(visible=selected == "inpaint"),
-                gr.update(visible=selected != "txt2img"))
-
-    mode.change(on_mode, mode, [img2img_group, inpaint_group, strength], queue=False, **PLUMBING)
+    mode.change(mode_visibility, mode, [img2img_group, inpaint_group, strength], queue=False, **PLUMBING)
 
     @user_errors
     def on_model(model_id):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.generation_service import GenerationRequest
-from studio.ui.common import (ON_GPU, PLUMBING, Form, LoadEvent, Tab, session_owner, stop_jobs, stream_generation,
-                              user_errors)
+from studio.ui.common import (ON_GPU, PLUMBING, Form, LoadEvent, Tab, mode_visibility, session_owner, stop_jobs,
+                              stream_generation, user_errors)
 
 PNG_INFO_FIELDS = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "cfg_rescale", "width", "height",
                    "seed")
@@ -106,11 +106,7 @@ def create_tab(services) -> Tab:
                 batch_count=batch_count, batch_size=batch_size, init_image=init_image, inpaint_image=editor,
                 strength=strength, vae=vae)
 
-    def on_mode(selected):
-        return (gr.update(visible=selected == "img2img"), gr.update(visible=selected == "inpaint"),
-                gr.update(visible=selected != "txt2img"))
-
-    mode.change(on_mode, mode, [img2img_group, inpaint_group, strength], queue=False, **PLUMBING)
+    mode.change(mode_visibility, mode, [img2img_group, inpaint_group, strength], queue=False, **PLUMBING)
 
     @user_errors
     def on_model(model_id):
