@@ -134,18 +134,8 @@ def test_browser_generates_an_image(served, tmp_path):
 
     url, _ = served
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
-        page.wait_for_selector("#prompt textarea", timeout=60_000)
-        for _ in range(20):  # a page still hydrating may drop the first keystrokes: type until it sticks
-            page.fill("#prompt textarea", "a green square")
-            page.wait_for_timeout(300)
-            if page.input_value("#prompt textarea") == "a green square":
-                break
+        browser, page, errors = open_page(p, url)
+        type_prompt(page, "a green square")
         page.click("#generate-button")
         page.wait_for_selector("#output-gallery img", timeout=120_000)
         page.wait_for_function("document.querySelector('#output-info textarea').value.includes('Steps:')",
@@ -236,19 +226,23 @@ def test_browser_training_plot_gains_points_while_it_runs(served, tmp_path):
 
 
 def open_page(p, url, width=1400, height=1000):
+    """Debian chromium (headless) on the studio's page, once the Generate prompt is there:
+    (browser, page, the page errors seen, then and later)."""
     browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
     page = browser.new_page(viewport={"width": width, "height": height})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url)
     page.wait_for_selector("#prompt textarea", timeout=60_000)
-    return browser, page
+    return browser, page, errors
 
 
-def type_prompt(page, text: str) -> None:
+def type_prompt(page, text: str, selector: str = "#prompt textarea") -> None:
     for _ in range(20):  # a page still hydrating may drop the first keystrokes: type until it sticks
-        page.fill("#prompt textarea", text)
+        page.fill(selector, text)
         page.wait_for_timeout(300)
-        if page.input_value("#prompt textarea") == text:
+        if page.input_value(selector) == text:
             return
 
 
@@ -261,9 +255,7 @@ def test_browser_shell_on_a_phone_dark_mode_shortcuts_and_help(served, tmp_path)
 
     url, _ = served
     with sync_playwright() as p:
-        browser, page = open_page(p, url, width=390, height=844)
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        browser, page, errors = open_page(p, url, width=390, height=844)
         try:
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"the page is {overflow} px wider than a phone's screen"

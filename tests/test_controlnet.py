@@ -365,7 +365,7 @@ def test_preview_and_generate_by_name_through_gradio_client(served, tmp_path):
 
 @pytest.mark.browser
 def test_browser_sends_an_output_previews_its_map_and_generates_with_controlnet(served, tmp_path):
-    from tests.test_app_e2e import CHROMIUM, require_chromium
+    from tests.test_app_e2e import open_page, require_chromium, type_prompt
 
     require_chromium()
     from playwright.sync_api import sync_playwright
@@ -375,23 +375,10 @@ def test_browser_sends_an_output_previews_its_map_and_generates_with_controlnet(
     upload = tmp_path / "control.png"
     scene_image(5, 128).save(upload)
 
-    def type_prompt(page, selector, text):
-        for _ in range(20):  # a page still hydrating may drop the first keystrokes: type until it sticks
-            page.fill(selector, text)
-            page.wait_for_timeout(300)
-            if page.input_value(selector) == text:
-                return
-
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
-        page.wait_for_selector("#prompt textarea", timeout=60_000)
+        browser, page, errors = open_page(p, url, height=1400)
         # a Generate output goes to ControlNet unit 1 in one click
-        type_prompt(page, "#prompt textarea", "a green square")
+        type_prompt(page, "a green square")
         page.click("#generate-button")
         page.wait_for_selector("#output-gallery img", timeout=120_000)
         page.click("#send-to-controlnet")
@@ -409,7 +396,7 @@ def test_browser_sends_an_output_previews_its_map_and_generates_with_controlnet(
         page.wait_for_timeout(500)
         page.locator("#cn-unit1-model input").fill(model)
         page.locator("#cn-unit1-model input").press("Enter")
-        type_prompt(page, "#cn-prompt textarea", "a black circle")
+        type_prompt(page, "a black circle", "#cn-prompt textarea")
         page.click("#cn-generate")
         page.wait_for_selector("#cn-output img", timeout=120_000)
         page.wait_for_function("document.querySelector('#cn-info textarea').value.includes('ControlNet 0')",

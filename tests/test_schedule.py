@@ -328,17 +328,12 @@ def test_a_persons_generation_waits_at_most_one_image_of_a_run(services, schedul
 def test_browser_creates_a_schedule_runs_it_and_sees_its_images(served):
     from playwright.sync_api import sync_playwright
 
-    from tests.test_app_e2e import CHROMIUM, require_chromium
+    from tests.test_app_e2e import open_page, require_chromium
 
     require_chromium()
     url, services = served
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
+        browser, page, errors = open_page(p, url, height=1400)
         page.get_by_role("tab", name="Schedule").click()
         page.wait_for_selector("#schedule-cron textarea, #schedule-cron input", timeout=60_000)
         cron = page.locator("#schedule-cron textarea, #schedule-cron input").first

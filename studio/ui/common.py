@@ -171,11 +171,14 @@ def stream_job(jobs, owner: str, work: Callable[[threading.Event, Callable[[Any]
     return outcome.get("result")
 
 
-def stream_generation(jobs, owner: str, run: Callable, count: int, steps_per_image: int, progress) -> Iterator:
+def stream_generation(jobs, owner: str, req, run: Callable, progress) -> Iterator:
     """The page side of a generation job (the Generate and ControlNet tabs): yields (live preview, gallery items,
-    infotext, status) while `run(cancel, on_progress)` (GenerationService.generate with its request bound) works,
-    then the saved PNG files, the first one's infotext and the result's message with the seeds."""
-    yield None, [], "", f"Queued on the device… ({count} image(s))"
+    infotext, status) while `run(cancel, on_progress)` (GenerationService.generate with the validated request
+    `req` bound) works, then the saved PNG files, the first one's infotext and the result's message with the
+    seeds."""
+    # img2img and inpaint run only the last `strength` share of the steps
+    steps_per_image = req.steps if req.mode == "txt2img" else max(1, int(req.steps * req.strength))
+    yield None, [], "", f"Queued on the device… ({req.batch_count * req.batch_size} image(s))"
 
     def render(update):
         index, total, step = update

@@ -163,10 +163,8 @@ def create_tab(services) -> Tab:
     @form.handler
     def on_generate(values: dict, request: gr.Request, progress=gr.Progress()):
         req, _ = controlnet.validate(request_from_form(values))
-        total_steps = req.steps if req.mode == "txt2img" else max(1, int(req.steps * req.strength))
-        yield from stream_generation(services.jobs, session_owner(request),
-                                     lambda cancel, report: controlnet.generate(req, cancel, report),
-                                     req.batch_count * req.batch_size, total_steps, progress)
+        yield from stream_generation(services.jobs, session_owner(request), req,
+                                     lambda cancel, report: controlnet.generate(req, cancel, report), progress)
 
     generate.click(on_generate, form.inputs, [preview, gallery, info, status], api_name="controlnet", **ON_GPU)
 
