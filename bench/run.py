@@ -2,7 +2,8 @@
 
     python -m bench [--quick] [--skip adherence,gallery,coldstart]   (./launch.sh bench [...])
 
-Prints: studio txt2img vs raw diffusers (wall-time ratio, pixel identity), cache hit vs cold load, mode
+Prints: studio txt2img vs raw diffusers (wall-time ratio, pixel identity), cache hit vs cold load, ControlNet
+(weight loads, cost vs plain txt2img beside its FLOP bound, preprocessor timings), mode
 switching cost, cold start of app.py to first served page, gallery store at 100k images, and the built-in
 model's prompt adherence on the held-out prompt set, the LoRA proof (teaching it the held-out "star"), and
 curation (scoring speed, de-dup of 10,000 hashes, blur / degradation / near-duplicate quality on real photos).
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from bench.common import line as _line
 from bench.common import services as _services
+from bench.controlnet import bench_controlnet
 from bench.curation import bench_curation
 from bench.lora_proof import LORA_RECIPE_FLAGS, LoraProofRecipe, bench_lora
 from bench.real_size import bench_real_size
@@ -192,7 +194,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, LoraP
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, 10k gallery, 40 prompts")
     p.add_argument("--skip", default="",
-                   help="comma list of: generation,cache,coldstart,gallery,adherence,lora,curation")
+                   help="comma list of: generation,cache,controlnet,coldstart,gallery,adherence,lora,curation")
     p.add_argument("--real-size", action="store_true",
                    help="also run the opt-in real-size section (random SD 1.5, folder vs single file; ~7 GB RAM)")
     p.add_argument("--real-size-dir", type=Path, default=None,
@@ -209,13 +211,14 @@ def main(argv: list[str] | None = None) -> None:
     args, recipe = parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
-        skip |= {"generation", "cache", "adherence", "lora"}
+        skip |= {"generation", "cache", "controlnet", "adherence", "lora"}
         print("built-in model not installed: generation, cache and adherence skipped")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         sections = [
             ("generation", lambda: bench_generation(tmp / "g", 3 if args.quick else 7)),
             ("cache", lambda: bench_cache(tmp / "c")),
+            ("controlnet", lambda: bench_controlnet(tmp / "cn", 3 if args.quick else 7)),
             ("coldstart", lambda: bench_cold_start(tmp)),
             ("gallery", lambda: bench_gallery(tmp, 10_000 if args.quick else 100_000)),
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
