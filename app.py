@@ -35,6 +35,7 @@ def create_app(settings: Settings):
     demo = build_ui(services)
     demo.queue(max_size=settings.queue_max_size, default_concurrency_limit=settings.gpu_concurrency)
     services.schedules.start()  # schedules rebuilt, missed runs handled, interrupted runs resumed
+    services.gallery.start_thumbnailer()  # missing gallery thumbnails are made in the background
     return demo, services
 
 

@@ -4,7 +4,8 @@
 
 Prints: studio txt2img vs raw diffusers (wall-time ratio, pixel identity), cache hit vs cold load, ControlNet
 (weight loads, cost vs plain txt2img beside its FLOP bound, preprocessor timings), mode
-switching cost, cold start of app.py to first served page, gallery store at 100k images, and the built-in
+switching cost, cold start of app.py to first served page, the gallery at 1,000,000 images, importing 100k other
+tools' PNGs into the gallery, and the built-in
 model's prompt adherence on the held-out prompt set, the LoRA proof (teaching it the held-out "star"), and
 curation (scoring speed, de-dup of 10,000 hashes, blur / degradation / near-duplicate quality on real photos).
 Beside the generation and LoRA training times: the UNet's FLOP rate as a share of this CPU's matmul peak.
@@ -27,6 +28,7 @@ from bench.common import line as _line
 from bench.common import services as _services
 from bench.controlnet import bench_controlnet
 from bench.curation import bench_curation
+from bench.gallery_import import bench_gallery_import
 from bench.lora_proof import LORA_RECIPE_FLAGS, LoraProofRecipe, bench_lora
 from bench.real_size import bench_real_size
 from studio.settings import BUILTIN_MODEL_DIR, PROJECT_ROOT
@@ -193,8 +195,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, LoraP
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, 10k gallery, 40 prompts")
+    p.add_argument("--gallery-records", type=int, default=None,
+                   help="synthetic gallery records (default 1,000,000; 10,000 with --quick)")
     p.add_argument("--skip", default="",
-                   help="comma list of: generation,cache,controlnet,coldstart,gallery,adherence,lora,curation")
+                   help="comma list of: generation,cache,controlnet,coldstart,gallery,import,adherence,lora,curation")
+    p.add_argument("--import-images", type=int, default=None,
+                   help="PNGs for the gallery import section (default 100,000; 10,000 with --quick)")
     p.add_argument("--real-size", action="store_true",
                    help="also run the opt-in real-size section (random SD 1.5, folder vs single file; ~7 GB RAM)")
     p.add_argument("--real-size-dir", type=Path, default=None,
@@ -220,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
             ("cache", lambda: bench_cache(tmp / "c")),
             ("controlnet", lambda: bench_controlnet(tmp / "cn", 3 if args.quick else 7)),
             ("coldstart", lambda: bench_cold_start(tmp)),
-            ("gallery", lambda: bench_gallery(tmp, 10_000 if args.quick else 100_000)),
+            ("gallery", lambda: bench_gallery(tmp, args.gallery_records or (10_000 if args.quick else 1_000_000))),
+            ("import", lambda: bench_gallery_import(tmp / "imp", args.import_images or (10_000 if args.quick
+                                                                                      else 100_000))),
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
             ("lora", lambda: bench_lora(tmp / "l", recipe)),
             ("curation", lambda: bench_curation(tmp / "cu", args.quick)),

@@ -9,6 +9,7 @@ from typing import Callable
 
 from pipelines.prompt_weighting import encode_weighted_prompt, has_weighting
 from pipelines.tasks import PipelineCall, get_task
+from pipelines.variation_noise import substituted_noise, variation_noise
 
 # Linear latent -> RGB approximation for SD 1.x/2.x latents (rows: latent channels).
 SD_LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
@@ -66,6 +67,20 @@ def supports_cfg_rescale(pipe) -> bool:
     return "guidance_rescale" in inspect.signature(pipe.__call__).parameters
 
 
+def _apply_variation(pipe, call: PipelineCall, generators: list, kwargs: dict):
+    """Blend each seed's initial noise with its variation seed's: txt2img starts from the blend (`latents`);
+    img2img and inpaint get it through the scheduler's add_noise (returned as the context to run inside), and
+    inpaint at full strength, which starts from pure noise, through `latents` too."""
+    task = get_task(call.task)
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    shape = (pipe.vae.config.latent_channels, call.height // factor, call.width // factor)
+    noise = variation_noise(generators, call.variation_seeds, call.variation_strength, shape).to(pipe.unet.dtype)
+    full_strength = call.inputs is None or call.inputs.strength >= 1
+    if not task.needs_init_image or (task.needs_mask and full_strength):
+        kwargs["latents"] = noise
+    return substituted_noise(pipe.scheduler, noise) if task.needs_init_image else nullcontext()
+
+
 def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event | None = None,
                  on_step: Callable[[StepUpdate], None] | None = None, preview_every: int = 5) -> list:
     """Run `pipe` once for `call` (one image per seed); returns PIL images, or [] if cancelled mid-run."""
@@ -82,6 +97,9 @@ def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event 
     kwargs.update(get_task(call.task).arguments(call))
     if call.cfg_rescale and supports_cfg_rescale(pipe):
         kwargs["guidance_rescale"] = call.cfg_rescale
+    noise_swap = nullcontext()
+    if call.variation_strength and call.variation_seeds:
+        noise_swap = _apply_variation(pipe, call, generators, kwargs)
     state = {"cancelled": False}
 
     def step_end(p, step_index, timestep, tensors):
@@ -97,6 +115,6 @@ def run_pipeline(pipe, call: PipelineCall, device: str, cancel: threading.Event 
         return {}
 
     during = get_task(call.task).during
-    with torch.inference_mode(), (during(pipe, call) if during else nullcontext()):
+    with torch.inference_mode(), (during(pipe, call) if during else nullcontext()), noise_swap:
         result = pipe(callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"], **kwargs)
     return [] if state["cancelled"] else list(result.images)

@@ -55,6 +55,8 @@ class PipelineCall:
     cfg_rescale: float = 0.0  # guidance_rescale (for zero-terminal-SNR models); only where the pipeline has it
     inputs: ImageInputs | None = None
     control: ControlInputs | None = None  # ControlNet tasks only
+    variation_seeds: list[int] | None = None  # one per seed: A1111's variation seed (pipelines.variation_noise)
+    variation_strength: float = 0.0  # 0: each seed's own noise; 1: the variation seed's
 
 
 @dataclass(frozen=True)

@@ -284,11 +284,12 @@ class ControlNetService:
 
     # ------------------------------------------------------------------ running
     def generate(self, req: ControlNetRequest, cancel=None, on_progress=None,
-                 preview_every: int = 5) -> GenerationResult:
+                 preview_every: int = 5, **resume) -> GenerationResult:
         """Validate, then generate through GenerationService with the units' ControlNets; the result's notes say
-        which control images were fitted to the generation size."""
+        which control images were fitted to the generation size. `resume`: GenerationService.generate's `skip`
+        and `on_saved`."""
         req, plan = self.validate(req)
-        result = self.generation.generate(req, cancel, on_progress, preview_every, control=plan)
+        result = self.generation.generate(req, cancel, on_progress, preview_every, control=plan, **resume)
         result.notes = plan.notes
         return result
 

@@ -17,7 +17,6 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import shutil
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -34,6 +33,7 @@ from studio.curation.dedup import near_between, near_pairs
 from studio.curation.policy import KEYS, MANUAL_VERDICTS, SPECS, Policy
 from studio.curation.scoring import ONE_THREAD, init_worker, score_file
 from studio.curation.semantic import ClipScorer
+from studio.datasets import write_caption_dataset
 from studio.errors import StudioError, ValidationError, check_range
 from studio.stores.curation_store import SORTS, CurationStore
 
@@ -418,7 +418,16 @@ class CurationService:
             touched = self._link_neighbours(batch, old, policy.dedup_radius)
             self.store.put_many(list(batch.values()) + list(touched.values()))
             self._rejudge(set(batch) | set(touched), policy)
-            return self.store.get_many(list(batch))
+            stored = self.store.get_many(list(batch))
+            self._to_gallery(stored)
+            return stored
+
+    def _to_gallery(self, records: list[dict]) -> None:
+        """Copy the verdicts and scores of gallery images into the gallery's index (its verdict/score filters)."""
+        items = [(r["id"], r.get("verdict"), {"score": r.get("score"), **(r.get("metrics") or {})})
+                 for r in records if r.get("source") == "gallery"]
+        if items and self.gallery is not None:
+            self.gallery.set_curations(items)
 
     def _link_neighbours(self, batch: dict[str, dict], old: dict[str, dict], radius: int) -> dict[str, dict]:
         """Fill the batch records' "near" and update their neighbours' (removing stale links of re-scored
@@ -518,6 +527,7 @@ class CurationService:
                 changed.append(record)
             if changed:
                 self.store.put_many(changed, history)
+                self._to_gallery(changed)
             return n_changed
 
     # ------------------------------------------------------------------ people
@@ -555,6 +565,7 @@ class CurationService:
                 entry = {"verdict": verdict, "reason": f"set by {who}"}
             self.store.put_many([record], [{"image_id": image_id, **entry, "by": who, "at": now,
                                             "score": record.get("score")}])
+            self._to_gallery([record])
             return record
 
     def record(self, image_id: str) -> dict | None:
@@ -661,19 +672,8 @@ class CurationService:
             ids += found
         if not ids:
             raise StudioError("no accepted images to send: accept some first", "verdict")
-        folder = self.data_dir / "datasets" / time.strftime("curated-%Y%m%d-%H%M%S")
-        folder.mkdir(parents=True, exist_ok=True)
-        n = 0
-        for record in self.store.get_many(ids):
-            src = self.file_of(record)
-            if not src.is_file():
-                continue
-            shutil.copy2(src, folder / f"{record['id']}{src.suffix.lower()}")
-            caption = caption_from_prompt(record.get("prompt", ""))
-            if caption:
-                (folder / f"{record['id']}.txt").write_text(caption, encoding="utf-8")
-            n += 1
-        return folder, n
+        images = [(r["id"], self.file_of(r), r.get("prompt", "")) for r in self.store.get_many(ids)]
+        return write_caption_dataset(self.data_dir, "curated", images)
 
     def after_generation(self, image_ids: list[str]) -> Future | None:
         """GenerationService hook: score the new images in the background when auto-curate is on."""
@@ -689,10 +689,3 @@ class CurationService:
 
     def close(self) -> None:
         self._background.shutdown(wait=True)
-
-
-def caption_from_prompt(prompt: str) -> str:
-    """A dataset caption from a prompt: `<lora:...>` tags removed."""
-    import re
-
-    return re.sub(r"\s{2,}", " ", re.sub(r"<[^<>]*>", " ", prompt or "")).strip(" ,")

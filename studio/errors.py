@@ -30,3 +30,7 @@ def check_range(field: str, value, low, high, kind=float):
     if converted != converted or not (low <= converted <= high):
         raise ValidationError(f"{field} must be between {low} and {high}; got {value!r}", field)
     return converted
+
+
+class CorruptImageError(StudioError):
+    """An image file is unreadable: not an image, truncated, or with a damaged chunk."""

@@ -19,10 +19,10 @@ from pipelines.prompt_weighting import extract_lora_tags
 from pipelines.registry import EMBEDDINGS_DIR, LORA_DIR, LYCORIS_DIR
 from pipelines.samplers import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
 from pipelines.tasks import TASKS, ImageInputs, PipelineCall
-from studio.errors import ValidationError, check_range
+from studio.errors import CorruptImageError, ValidationError, check_range
+from studio.image_metadata import TOOLS, read_image_metadata
 from studio.images import load_image
-from studio.infotext import (build_infotext, controlnet_units_from_infotext, infotext_to_fields, parse_infotext,
-                             read_png_parameters, save_png_with_infotext)
+from studio.infotext import build_infotext, controlnet_units_from_infotext, parse_infotext, save_png_with_infotext
 from studio.model_service import ModelService
 
 MODES = tuple(TASKS)  # txt2img, img2img, inpaint: one per task runner
@@ -56,6 +56,8 @@ class GenerationRequest:
     job_id: str = ""
     source: str = "generate"
     shown_mode: str = ""  # the mode asked for when the studio runs it as another (txt2img on an inpainting model)
+    variation_seed: int = -1  # A1111's variation seed (-1: random); used when variation_strength > 0
+    variation_strength: float = 0.0  # 0..1: how far each image's noise moves toward its variation seed's
 
 
 @dataclass
@@ -65,6 +67,7 @@ class SavedImage:
     seed: int
     infotext: str
     image: object = field(repr=False, default=None)
+    variation_seed: int | None = None
 
 
 @dataclass
@@ -117,24 +120,39 @@ class GenerationService:
         return DEFAULT_SAMPLER
 
     def parameters_of(self, image_path) -> dict:
-        """The generation fields an image carries (A1111 infotext), for the Generate tab's PNG info: prompt,
-        negative_prompt, sampler (only a known one), steps, cfg_scale, cfg_rescale, width, height, seed."""
-        text = read_png_parameters(image_path) if image_path else None
-        if not text:
-            raise ValidationError("png_info: this image carries no generation parameters", "png_info")
-        info = parse_infotext(text)
-        fields = infotext_to_fields(info)
-        if fields.get("sampler") not in SAMPLERS:
-            fields.pop("sampler", None)
-        units = controlnet_units_from_infotext(info)
-        if units:
-            fields["controlnet"] = units  # ControlNet units, as A1111's extension records them
+        """The generation fields an image carries, whichever supported tool made it (studio.image_metadata), for
+        the PNG info of Generate and ControlNet: prompt, negative_prompt, sampler (only a studio one), steps,
+        cfg_scale, cfg_rescale, width, height, seed, model, and from A1111 infotext its ControlNet units; "tool"
+        names the tool read and "message" says so (and what could not be filled)."""
+        try:
+            found = read_image_metadata(image_path) if image_path else None
+        except CorruptImageError as exc:
+            raise ValidationError(f"png_info: {exc}", "png_info") from None
+        if found is None:
+            raise ValidationError(f"png_info: this image carries no generation parameters (read: {', '.join(TOOLS)}"
+                                  " metadata)", "png_info")
+        fields, notes = found.form_fields(), []
+        if found.tool_sampler and "sampler" not in fields:
+            notes.append(f"sampler {found.tool_sampler!r} has no match here")
+        if not 0 <= fields.get("seed", 0) <= MAX_SEED:
+            notes.append(f"seed {fields.pop('seed')} is outside 0..{MAX_SEED}")
+        if found.raw_is_infotext:
+            units = controlnet_units_from_infotext(parse_infotext(found.raw))
+            if units:
+                fields["controlnet"] = units  # ControlNet units, as A1111's extension records them
+        kept = f" ({'; '.join(notes)}: those fields keep their values)" if notes else ""
+        fields.update(tool=found.tool, message=f"Parameters read from {found.description}{kept}.")
         return fields
 
     @staticmethod
     def infotext_of(image_path) -> str:
-        """The A1111 infotext an image carries, or ""."""
-        return (read_png_parameters(image_path) if image_path else None) or ""
+        """The A1111 infotext an image carries (one built from other tools' metadata), or "" when it carries none
+        or cannot be read."""
+        try:
+            found = read_image_metadata(image_path, stealth=False) if image_path else None
+        except CorruptImageError:
+            return ""
+        return found.infotext() if found else ""
 
     # ------------------------------------------------------------------ validation
     def validate(self, req: GenerationRequest) -> GenerationRequest:
@@ -169,6 +187,9 @@ class GenerationService:
             batch_count=check_range("batch_count", req.batch_count, 1, self.max_batch_count, int),
             batch_size=check_range("batch_size", req.batch_size, 1, self.max_batch_size, int),
             strength=check_range("strength", req.strength, 0.01, 1.0, float),
+            variation_seed=check_range("variation_seed", -1 if req.variation_seed is None else req.variation_seed,
+                                       -1, MAX_SEED, int),
+            variation_strength=check_range("variation_strength", req.variation_strength or 0, 0, 1, float),
             vae=self.models.check_vae(req.vae),
         )
         out = replace(out, loras=self._resolve_loras(out))
@@ -260,12 +281,24 @@ class GenerationService:
         return req
 
     @staticmethod
-    def _call(req: GenerationRequest, prompt: str, negative: str, seeds: list[int]) -> PipelineCall:
+    def _call(req: GenerationRequest, prompt: str, negative: str, seeds: list[int],
+              variation_seeds: list[int] | None = None) -> PipelineCall:
         """One pipeline call of a validated request (prompts already rewritten for LoRA tags and triggers)."""
         inputs = (ImageInputs(req.init_image, req.mask_image, req.strength) if TASKS[req.mode].needs_init_image
                   else None)
         return PipelineCall(req.mode, prompt, negative, req.steps, req.cfg_scale, req.width, req.height, seeds,
-                            req.cfg_rescale, inputs)
+                            req.cfg_rescale, inputs, variation_seeds=variation_seeds,
+                            variation_strength=req.variation_strength if variation_seeds else 0.0)
+
+    @staticmethod
+    def _batch_seeds(req: GenerationRequest, base_seed: int, base_variation: int, batch: int):
+        """(seeds, variation seeds or None) of one batch, as A1111 numbers them: without a variation the seed
+        counts up per image; with one the seed stays and the variation seed counts up."""
+        first = batch * req.batch_size
+        if not req.variation_strength:
+            return [(base_seed + first + i) % (MAX_SEED + 1) for i in range(req.batch_size)], None
+        return ([base_seed] * req.batch_size,
+                [(base_variation + first + i) % (MAX_SEED + 1) for i in range(req.batch_size)])
 
     def warm_up(self, model_id: str) -> float:
         """Load the model and run it at its default size, saving nothing, until loading, first-call set-up and
@@ -281,15 +314,19 @@ class GenerationService:
         return time.perf_counter() - start
 
     def generate(self, req: GenerationRequest, cancel: threading.Event | None = None,
-                 on_progress: ProgressFn | None = None, preview_every: int = 5, control=None) -> GenerationResult:
+                 on_progress: ProgressFn | None = None, preview_every: int = 5, control=None, skip: int = 0,
+                 on_saved: Callable[[int, SavedImage], object] | None = None) -> GenerationResult:
         """Validate, then run batch_count batches of batch_size images; Stop keeps finished batches.
 
         `control` (studio.controlnet_service.ControlPlan) runs the job on a ControlNet pipeline: it gives the
-        pipeline, adds its units to every call and its "ControlNet N" entries to the infotext."""
+        pipeline, adds its units to every call and its "ControlNet N" entries to the infotext. `skip` starts at
+        image `skip` (an interrupted run of the same job made the ones before, same seeds); `on_saved(index,
+        image)` is called as each image is saved (the studio queue records its progress)."""
         req = self.validate(req)
         cancel = cancel or threading.Event()
         job_id = req.job_id or uuid.uuid4().hex
         base_seed = req.seed if req.seed >= 0 else random.randrange(MAX_SEED)
+        base_variation = req.variation_seed if req.variation_seed >= 0 else random.randrange(MAX_SEED)
         total = req.batch_count * req.batch_size
         saved: list[SavedImage] = []
         start = time.perf_counter()
@@ -325,27 +362,36 @@ class GenerationService:
                     for batch in range(req.batch_count):
                         if cancel.is_set():
                             break
-                        seeds = [(base_seed + batch * req.batch_size + i) % (MAX_SEED + 1)
-                                 for i in range(req.batch_size)]
+                        seeds, variation_seeds = self._batch_seeds(req, base_seed, base_variation, batch)
+                        indices = [batch * req.batch_size + i for i in range(req.batch_size) if
+                                   batch * req.batch_size + i >= skip]
+                        if not indices:
+                            continue
+                        kept = slice(req.batch_size - len(indices), None)  # a half-made batch: its remaining images
+                        seeds, variation_seeds = seeds[kept], variation_seeds and variation_seeds[kept]
                         pipe.scheduler = make_scheduler(req.sampler, dict(original_scheduler.config))
-                        call = self._call(req, prompt, negative, seeds)
+                        call = self._call(req, prompt, negative, seeds, variation_seeds)
                         call = call if control is None else control.adapt(call)
-                        first = len(saved)
+                        first = indices[0]
 
                         def step(update: StepUpdate, first=first):
                             on_progress(first, total, update)
 
                         images = run_pipeline(pipe, call, self.models.device.device, cancel,
                                               step if on_progress else None, preview_every)
-                        for image, seed in zip(images, seeds):
-                            saved.append(self._save(req, image, seed, model_hash, job_id, extras))
+                        for image, seed, variation, index in zip(images, seeds,
+                                                                 variation_seeds or [None] * len(seeds), indices):
+                            saved.append(self._save(req, image, seed, model_hash, job_id,
+                                                    {**extras, "Variation seed": variation}))
+                            if on_saved is not None:
+                                on_saved(index, saved[-1])
             finally:
                 pipe.scheduler, pipe.vae = original_scheduler, original_vae
                 if req.loras:
                     pipe.unload_lora_weights()
         for hook in self.after_save:  # e.g. auto-curation, which runs in the background
             hook([image.id for image in saved])
-        return GenerationResult(saved, total, cancel.is_set() and len(saved) < total, job_id,
+        return GenerationResult(saved, total, cancel.is_set() and len(saved) < total - skip, job_id,
                                 time.perf_counter() - start)
 
     def infotext(self, req: GenerationRequest, seed: int, model_hash: str, extras: dict | None = None) -> str:
@@ -356,6 +402,9 @@ class GenerationService:
                   "Size": f"{req.width}x{req.height}", "Model hash": model_hash,
                   "Model": self.models.resolve(req.model).label,
                   "VAE hash": extras.get("VAE hash"), "VAE": extras.get("VAE")}
+        if req.variation_strength and extras.get("Variation seed") is not None:  # A1111 writes them after VAE
+            params.update({"Variation seed": extras["Variation seed"],
+                           "Variation seed strength": req.variation_strength})
         if req.cfg_rescale:
             params["CFG rescale"] = req.cfg_rescale
         mode = req.shown_mode or req.mode
@@ -386,4 +435,4 @@ class GenerationService:
                        "model_hash": model_hash, "infotext": text},
             "model": req.model, "created": time.time(), "job_id": job_id, "source": req.source,
         })
-        return SavedImage(record_id, path, seed, text, image)
+        return SavedImage(record_id, path, seed, text, image, (extras or {}).get("Variation seed"))

@@ -109,14 +109,16 @@ def infotext_to_fields(info: dict) -> dict:
                    ("steps", "Steps", int), ("sampler", "Sampler", str), ("cfg_scale", "CFG scale", float),
                    ("cfg_rescale", "CFG rescale", float),
                    ("seed", "Seed", int), ("width", "Size-1", int), ("height", "Size-2", int),
-                   ("denoising_strength", "Denoising strength", float), ("model", "Model", str)]
+                   ("denoising_strength", "Denoising strength", float), ("model", "Model", str),
+                   ("variation_seed", "Variation seed", int),
+                   ("variation_strength", "Variation seed strength", float)]
     for name, key, kind in conversions:
         if key in info and info[key] != "":
             try:
                 fields[name] = kind(info[key])
             except (TypeError, ValueError):
                 continue
-    if fields.get("sampler", "").endswith(" Karras") is False and info.get("Schedule type") == "Karras":
+    if "sampler" in fields and not fields["sampler"].endswith(" Karras") and info.get("Schedule type") == "Karras":
         fields["sampler"] = f"{fields['sampler']} Karras"
     return fields
 

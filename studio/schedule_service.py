@@ -1,6 +1,6 @@
 """Schedules: the autonomous artist. A schedule (cron or interval) runs a batch of generations from prompt
-templates through the same device lock as the UI, optionally curates it, records a run report and posts a
-webhook summary.
+templates through the same device lock as the UI, optionally curates it, records a run report with a contact
+sheet (studio.run_report), e-mails it when asked (studio.notify_email) and posts a webhook summary.
 
     save(ScheduleRequest) -> dict          validate and (re)schedule; `id` set = edit
     run_now(id) -> run id                  queue a run at once (through the scheduler's worker)
@@ -19,6 +19,10 @@ on a busy machine, runs once (coalesced) if it is at most 15 minutes late; a lat
 
 Resume: a run's pending images (prompt + seed each) are written before the first image is generated and ticked
 off as each is saved; at start an unfinished run continues with the images still pending, same seeds.
+
+Queue (`use_queue`, as the app builds it): a due run is queued on the studio job queue (studio.job_queue) with
+everyone's jobs; a person's job waits at most one of its images; a schedule whose previous run still waits there is
+not queued twice (coalesced), and two schedules due together run one after the other, both recorded.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from studio.errors import StudioError, ValidationError, check_range
+from studio.notify_email import WHEN as EMAIL_ON
+from studio.prompts.templates import TemplateExpander
+from studio.prompts.wildcards import Wildcards, wildcard_folders
+from studio.run_report import finish_report
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,6 @@ NOTIFY_ON = ("both", "success", "failure")
 MAX_IMAGES = 500
 ACCEPTED = ("accepted", "featured")
 YIELD_SECONDS = 0.05  # a pause between a run's images, so a person's job waiting on the device lock goes next
-_TOKEN = re.compile(r"\{([^{}]*)\}")
 
 
 @dataclass
@@ -88,6 +95,7 @@ class ScheduleRequest:
     webhook_url: str = ""
     webhook_format: str = "json"  # json (full summary) | discord ({"content"}) | slack ({"text"})
     notify_on: str = "both"       # success | failure | both
+    email_on: str = "off"         # off | success | failure | both: e-mail the report (SMTP settings: notify_email)
     id: str = ""                  # empty: a new schedule
 
     @classmethod
@@ -112,18 +120,6 @@ def parse_cron(expression: str, tz) -> CronTrigger:
         return CronTrigger.from_crontab(expression, timezone=tz)
     except ValueError as exc:
         raise ValidationError(f"cron {expression!r} is invalid: {exc}", "cron") from None
-
-
-def template_tokens(template: str) -> list[str]:
-    return _TOKEN.findall(template)
-
-
-def render_template(template: str, variables: dict[str, list[str]], rng: random.Random) -> str:
-    def pick(match):
-        token = match.group(1)
-        options = token.split("|") if "|" in token else variables[token.strip()]
-        return rng.choice([o.strip() for o in options])
-    return _TOKEN.sub(pick, template)
 
 
 def parse_hours(text: str) -> list[tuple[int, int]]:
@@ -166,10 +162,11 @@ class _Stopped(Exception):
 # ---------------------------------------------------------------------- the service
 class ScheduleService:
     def __init__(self, store, runs_store, generation, curation, gallery, data_dir: Path,
-                 training=None, timezone=None, clock: Callable[[], float] = time.time):
+                 training=None, timezone=None, clock: Callable[[], float] = time.time, email=None):
         self.store, self.runs_store = store, runs_store
         self.generation, self.curation, self.gallery, self.training = generation, curation, gallery, training
         self.data_dir = Path(data_dir)
+        self.templates = TemplateExpander(Wildcards(wildcard_folders(self.data_dir)))  # {a|b} {name} __wildcard__
         self.clock = clock
         if timezone is None:
             from tzlocal import get_localzone
@@ -183,6 +180,8 @@ class ScheduleService:
         self._stopping = threading.Event()
         self._started = False
         self.after_image: Callable[[dict], None] | None = None  # called after each saved image (tests)
+        self.queue = None  # the studio JobQueue once `use_queue` is called; without one, runs use the run lock
+        self.email = email  # EmailNotifier: runs whose schedule asks for it are e-mailed
 
     # ------------------------------------------------------------------ time
     def now(self) -> datetime:
@@ -217,13 +216,7 @@ class ScheduleService:
                 raise ValidationError(f"variables: {key} has no values", "variables")
             variables[key] = values
         for template in prompts:
-            for token in template_tokens(template):
-                if "|" in token:
-                    if not all(o.strip() for o in token.split("|")):
-                        raise ValidationError(f"prompts: empty choice in {{{token}}}", "prompts")
-                elif token.strip() not in variables:
-                    known = ", ".join(sorted(variables)) or "none defined"
-                    raise ValidationError(f"prompts: unknown variable {{{token}}} (variables: {known})", "prompts")
+            self.templates.check(template, variables, "prompts")
         url = (req.webhook_url or "").strip()
         if url:
             parsed = urlparse(url)
@@ -233,6 +226,8 @@ class ScheduleService:
             raise ValidationError(f"webhook_format must be one of {', '.join(WEBHOOK_FORMATS)}", "webhook_format")
         if req.notify_on not in NOTIFY_ON:
             raise ValidationError(f"notify_on must be one of {', '.join(NOTIFY_ON)}", "notify_on")
+        if req.email_on not in EMAIL_ON:
+            raise ValidationError(f"email_on must be one of {', '.join(EMAIL_ON)}", "email_on")
         parse_hours(req.allowed_hours)
         out = ScheduleRequest(**{**asdict(req), "name": name, "cron": (req.cron or "").strip(),
                                  "prompts": prompts, "variables": variables, "webhook_url": url,
@@ -248,8 +243,8 @@ class ScheduleService:
         if out.keep_only_accepted and not out.curate:
             raise ValidationError("keep_only_accepted needs curate on", "keep_only_accepted")
         # model, sampler, steps, size: the Generate tab's own checks (an unknown model is refused here)
-        self.generation.validate(self._generation_request(out, render_template(prompts[0], variables,
-                                                                                random.Random(0)), 0))
+        self.generation.validate(self._generation_request(out, self.templates.expand(prompts[0], 0, variables,
+                                                                                      "prompts"), 0))
         return out
 
     def _generation_request(self, req: ScheduleRequest, prompt: str, seed: int, run_id: str = ""):
@@ -291,7 +286,7 @@ class ScheduleService:
         if not self._started:
             return
         req = ScheduleRequest.from_dict(doc["request"])
-        job = self.scheduler.add_job(self._fire, self.trigger_of(req.cron, req.interval_minutes),
+        job = self.scheduler.add_job(self._start_run, self.trigger_of(req.cron, req.interval_minutes),
                                      args=[doc["id"]], id=self._job_id(doc["id"]), name=req.name,
                                      replace_existing=True)
         if doc.get("paused"):
@@ -381,6 +376,10 @@ class ScheduleService:
             else:
                 self._record_missed(doc, due, f"the app was down: due {late / 60:.0f} min ago (grace "
                                               f"{MISFIRE_GRACE_SECONDS // 60} min)")
+        if self.queue is not None:
+            self._requeue_unfinished()
+            self.queue.start()
+            return
         for run in self.runs_store.search("status", "running"):
             self.scheduler.add_job(self._resume, args=[run["id"]], id=f"resume:{run['id']}",
                                    replace_existing=True)
@@ -390,18 +389,22 @@ class ScheduleService:
         if not self._started:
             return
         self._stopping.set()
+        if self.queue is not None:
+            self.queue.shutdown(wait=wait)
         self.scheduler.shutdown(wait=wait)
         self._started = False
 
     def _submit(self, schedule_id: str, trigger: str, run_id: str | None = None) -> None:
-        self.scheduler.add_job(self._fire, args=[schedule_id, trigger, run_id],
+        self.scheduler.add_job(self._start_run, args=[schedule_id, trigger, run_id],
                                id=f"now:{schedule_id}:{uuid.uuid4().hex[:6]}", replace_existing=True)
 
     def run_now(self, schedule_id: str) -> str:
         """Queue a run of the schedule at once; returns the run id (its report fills in as it goes)."""
         doc = self._doc(schedule_id)
         run = self._new_run(doc, "manual", status="queued")
-        if self._started:
+        if self.queue is not None:  # the queue's worker runs it (started with the scheduler)
+            self._start_run(schedule_id, "manual", run["id"])
+        elif self._started:
             self._submit(schedule_id, "manual", run["id"])
         else:  # the scheduler is not running (a script, a test): run in a thread of its own
             threading.Thread(target=self._fire, args=[schedule_id, "manual", run["id"]], daemon=True,
@@ -409,8 +412,80 @@ class ScheduleService:
         return run["id"]
 
     def run_once(self, schedule_id: str, trigger: str = "manual") -> dict:
-        """Run the schedule now in this thread; returns the run report."""
-        return self._fire(schedule_id, trigger)
+        """Run the schedule now in this thread (on the studio queue's turn when there is one); returns the run
+        report."""
+        doc = self.store.get("id", schedule_id)
+        if self.queue is None or doc is None:
+            return self._fire(schedule_id, trigger)
+        run = self._new_run(doc, trigger, status="queued")
+        return self.queue.run_here("schedule", self._queue_spec(doc["request"], schedule_id, trigger, run["id"]))
+
+    # ------------------------------------------------------------------ the studio queue
+    def use_queue(self, queue) -> None:
+        """Run schedules through the studio queue (studio.job_queue.JobQueue), with everyone's jobs: a person's
+        job goes first and waits at most one image of a run; the queue's worker starts and stops with the
+        scheduler."""
+        from studio.job_queue import JobKind
+
+        self.queue = queue
+        queue.register("schedule", JobKind(run=self._run_queued, made=lambda payload: len(
+            (self.runs_store.get("id", payload["run_id"]) or {}).get("done") or [])))
+
+    @staticmethod
+    def _queue_spec(request: dict, schedule_id: str, trigger: str, run_id: str):
+        from studio.job_queue import JobSpec
+
+        return JobSpec(payload={"schedule_id": schedule_id, "trigger": trigger, "run_id": run_id},
+                       title=f"Schedule '{request['name']}' ({trigger})", model=request["model"],
+                       total=request["images"])
+
+    def _start_run(self, schedule_id: str, trigger: str = "scheduled", run_id: str | None = None):
+        """The scheduler's job: queue a run on the studio queue (without one, run it here). A schedule whose
+        previous run still waits in the queue is not queued again (coalesced); the queue runs one job at a time,
+        so a schedule never overlaps itself and two schedules due together run one after the other."""
+        doc = self.store.get("id", schedule_id)
+        if self.queue is None or doc is None:
+            return self._fire(schedule_id, trigger, run_id)
+        if run_id is None:
+            if any(j["payload"]["schedule_id"] == schedule_id for j in self.queue.jobs("schedule", ("pending",))):
+                log.info("schedule %s is due while its previous run still waits in the queue: coalesced",
+                         schedule_id)
+                return None
+            run_id = self._new_run(doc, trigger, status="queued")["id"]
+        self.queue.submit("schedule", self._queue_spec(doc["request"], schedule_id, trigger, run_id))
+        return run_id
+
+    def _requeue_unfinished(self) -> None:
+        """At start: queue again every queued or interrupted run the studio queue does not hold (e.g. one from
+        before the queue existed), so none is lost."""
+        held = {j["payload"].get("run_id") for j in self.queue.jobs("schedule")}
+        for status in ("running", "queued"):
+            for run in self.runs_store.search("status", status):
+                if run["id"] not in held:
+                    self.queue.submit("schedule", self._queue_spec(run["asked"], run["schedule_id"], run["trigger"],
+                                                                   run["id"]))
+
+    def _run_queued(self, payload: dict, turn) -> dict | None:
+        """The studio queue's runner: start a queued run, or continue an interrupted one; a run stopped by the
+        shutdown stays in the queue for the next start."""
+        from studio.job_queue import Interrupted
+
+        run = self.runs_store.get("id", payload["run_id"])
+        if run is not None and run["status"] == "queued":
+            run = self._fire(payload["schedule_id"], payload["trigger"], run["id"], turn)
+        elif run is not None and run["status"] == "running":
+            run = self._resume(run["id"], turn)
+        if run is not None and run["status"] == "running":
+            raise Interrupted()
+        return run
+
+    @staticmethod
+    def _stop_early(run: dict, turn) -> str:
+        """A queued run told to stop: raise _Stopped when the app shuts down (it resumes at the next start);
+        when it was cancelled from the queue, say so (the run ends "partial" with the images made)."""
+        if turn.interrupted or not turn.cancel.is_set():
+            raise _Stopped()
+        return f"cancelled from the queue: {len(run['pending'])} image(s) not made"
 
     def _on_event(self, event) -> None:
         if event.code == EVENT_JOB_MISSED and event.job_id.startswith("schedule:"):
@@ -461,10 +536,11 @@ class ScheduleService:
         seeds = ([(req.seed + i) % 2**32 for i in range(req.images)] if req.seed >= 0
                  else [rng.randrange(2**32 - 1) for _ in range(req.images)])
         return [{"index": i, "seed": seed,
-                 "prompt": render_template(req.prompts[i % len(req.prompts)], req.variables, random.Random(seed))}
+                 "prompt": self.templates.expand(req.prompts[i % len(req.prompts)], seed, req.variables, "prompts")}
                 for i, seed in enumerate(seeds)]
 
-    def _fire(self, schedule_id: str, trigger: str = "scheduled", run_id: str | None = None) -> dict | None:
+    def _fire(self, schedule_id: str, trigger: str = "scheduled", run_id: str | None = None,
+              turn=None) -> dict | None:
         """One run of a schedule (the scheduler's job): never raises; every outcome is a run report."""
         doc = self.store.get("id", schedule_id)
         if doc is None:  # deleted after a Run now was queued
@@ -490,7 +566,7 @@ class ScheduleService:
                     run["pending"] = self._plan(req, run["id"])
                     run.update(status="running", started=self.clock())
                     self._update(run, "pending", "status", "started")  # persisted before the first image
-                    self._execute(run, req)
+                    self._execute(run, req, turn)
         except Exception as exc:  # noqa: BLE001 - a scheduled job never takes the scheduler down
             log.exception("schedule %s failed", schedule_id)
             self._fail(run, exc)
@@ -498,7 +574,7 @@ class ScheduleService:
             self._notify(run)
         return run
 
-    def _resume(self, run_id: str) -> dict | None:
+    def _resume(self, run_id: str, turn=None) -> dict | None:
         """Continue an interrupted run with its pending images (same prompts and seeds)."""
         run = self.runs_store.get("id", run_id)
         if run is None or run["status"] != "running":
@@ -507,7 +583,7 @@ class ScheduleService:
             with self._run_lock:
                 run["errors"].append(f"resumed after an interruption with {len(run['pending'])} image(s) pending")
                 self._update(run, "errors")
-                self._execute(run, ScheduleRequest.from_dict(run["asked"]))
+                self._execute(run, ScheduleRequest.from_dict(run["asked"]), turn)
         except Exception as exc:  # noqa: BLE001
             log.exception("resuming run %s failed", run_id)
             self._fail(run, exc)
@@ -524,13 +600,14 @@ class ScheduleService:
         run.update(status="failed", reason=message, finished=self.clock())
         self._update(run, "errors", "status", "reason", "finished")
 
-    def _execute(self, run: dict, req: ScheduleRequest) -> None:
+    def _execute(self, run: dict, req: ScheduleRequest, turn=None) -> None:
         """Generate the pending images one at a time (a person's job waits at most one image), tick each off,
-        then curate and finish the report."""
+        then curate and finish the report. `turn` (a studio queue JobContext): between two images a person's
+        waiting jobs run and a paused queue waits; its cancel stops the run."""
         segment = time.perf_counter()
         budget = req.time_budget_minutes * 60
         partial = ""
-        cancel = threading.Event()
+        cancel = threading.Event() if turn is None else turn.cancel
         try:
             while run["pending"]:
                 if self._stopping.is_set():
@@ -541,16 +618,25 @@ class ScheduleService:
                     break
                 if run["done"]:
                     time.sleep(YIELD_SECONDS)  # threading.Lock is not fair: let a waiting person's job in
+                    if turn is not None and not turn.between_images():
+                        partial = self._stop_early(run, turn)
+                        break
                 item = run["pending"][0]
                 result = self.generation.generate(self._generation_request(req, item["prompt"], item["seed"],
                                                                            run["id"]), cancel=cancel)
                 if not result.images:
-                    raise _Stopped()
+                    if turn is None:
+                        raise _Stopped()
+                    partial = self._stop_early(run, turn)
+                    break
                 image = result.images[0]
                 run["pending"].pop(0)
                 run["done"].append({**item, "image_id": image.id, "path": str(image.path)})
                 run["images"].append(image.id)
                 self._update(run, "pending", "done", "images")
+                if turn is not None:
+                    turn.image_done(done=len(run["done"]), total=len(run["done"]) + len(run["pending"]),
+                                    durable=False)  # the run record above is the durable one
                 if self.after_image is not None:
                     self.after_image(run)
         except _Stopped:
@@ -581,16 +667,9 @@ class ScheduleService:
         return CurationRequest(ids=list(ids))
 
     def _discard(self, image_id: str) -> None:
-        """Keep-only-accepted: move a rejected image to <data>/trash/ and drop it from the gallery."""
-        record = self.gallery.get(image_id)
-        if record is None:
-            return
-        src = self.gallery.path_of(record)
-        if src.exists():
-            trash = self.data_dir / "trash"
-            trash.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(trash / src.name))
-        self.gallery.store.delete(image_id)
+        """Keep-only-accepted: move a rejected image to the gallery's trash (restorable for 30 days)."""
+        if self.gallery.get(image_id) is not None:
+            self.gallery.trash([image_id])
 
     # ------------------------------------------------------------------ reports
     def runs(self, schedule_id: str | None = None, limit: int = 50) -> list[dict]:
@@ -629,8 +708,15 @@ class ScheduleService:
                 "image_ids": run["images"], "accepted_ids": run["accepted"], "seconds": round(run["seconds"], 2),
                 "errors": run["errors"], "reason": run.get("reason", ""), "text": text}
 
+    def _report(self, run: dict) -> None:
+        """Save the run's contact sheet and e-mail its report when asked (studio.run_report)."""
+        run.update(finish_report(run, self.data_dir, self.curation, self.email))
+        self._update(run, "contact_sheet", "email", "errors")
+
     def _notify(self, run: dict) -> None:
-        """POST the run's summary to its webhook when asked; an error is recorded on the run, never raised."""
+        """Report the run (contact sheet, e-mail), then POST its summary to its webhook when asked; an error is
+        recorded on the run, never raised."""
+        self._report(run)
         asked = run["asked"]
         url = asked.get("webhook_url")
         success = run["status"] == "succeeded"

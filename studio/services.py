@@ -21,6 +21,8 @@ class Services:
     controlnet: "ControlNetService" = None
     curation: "CurationService" = None
     schedules: "ScheduleService" = None
+    prompts: "PromptLibrary" = None
+    queue: "JobQueue" = None
 
 
 def build_services(settings: Settings) -> Services:
@@ -50,7 +52,8 @@ def build_services(settings: Settings) -> Services:
     registry = ModelRegistry(settings.builtin_model_dir, settings.models_root, settings.offline)
     cache = ModelCache(settings.cache_budget_bytes, on_evict=free_device_memory)
     models = ModelService(registry, cache, device, settings.offline, settings.data_dir / "cache" / "model_hashes.json")
-    gallery = GalleryService(GalleryStore(settings.data_dir / "db"), settings.data_dir)
+    gallery = GalleryService(GalleryStore(settings.data_dir / "db", settings.data_dir), settings.data_dir,
+                             PathGuard(settings.path_roots))
     device_lock = threading.Lock()
     generation = GenerationService(models, gallery, settings.data_dir, device_lock,
                                    settings.max_batch_size, settings.max_batch_count)
@@ -62,19 +65,49 @@ def build_services(settings: Settings) -> Services:
     controlnet = build_controlnet(settings, generation, cache, CONTROLNET_DIR)
     curation = build_curation(settings, gallery, generation)
     schedules = build_schedules(settings, generation, curation, gallery, training)
+    queue = build_queue(settings, generation, controlnet, curation)
+    schedules.use_queue(queue)  # scheduled runs wait in the studio queue with everyone's jobs
+    prompts = build_prompts(settings, generation, gallery)
     return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions, controlnet,
-                    curation, schedules)
+                    curation, schedules, prompts=prompts, queue=queue)
+
+
+def build_queue(settings: Settings, generation, controlnet, curation):
+    """The studio job queue (<data>/db/queue.json; queued input images under <data>/queue/) with the generation
+    and curation job kinds; the schedule service adds its kind and starts the worker with its scheduler."""
+    from studio.curation_jobs import CurationJobs
+    from studio.generation_jobs import GenerationJobs
+    from studio.job_queue import JobQueue
+    from studio.stores.queue_store import QueueStore
+
+    queue = JobQueue(QueueStore(settings.data_dir / "db" / "queue.json"), start_state=settings.queue_start)
+    GenerationJobs(generation, controlnet, settings.data_dir / "queue").register(queue)
+    CurationJobs(curation).register(queue)
+    return queue
+
+
+def build_prompts(settings: Settings, generation, gallery):
+    """The prompt library (stores in <data>/db/, wildcards in <data>/wildcards/); every generated image's prompt
+    goes into its history."""
+    from studio.prompts.library import PromptLibrary
+
+    prompts = PromptLibrary(settings.data_dir)
+    generation.after_save.append(lambda ids: prompts.history.record_images([gallery.get(i) for i in ids]))
+    return prompts
 
 
 def build_schedules(settings: Settings, generation, curation, gallery, training):
-    """The schedule service: schedules and run reports in <data>/db/; its scheduler is started by the app
+    """The schedule service: schedules and run reports in <data>/db/, contact sheets in <data>/reports/, SMTP
+    settings for e-mailed reports in <data>/db/ (`services.schedules.email`); its scheduler is started by the app
     (`services.schedules.start()`), not here."""
+    from studio.notify_email import EmailNotifier
     from studio.schedule_service import ScheduleService
     from studio.stores.atomic_storage import JsonStore
 
     db = settings.data_dir / "db"
+    email = EmailNotifier(JsonStore(db / "email_settings.json"), db / "smtp_password")
     return ScheduleService(JsonStore(db / "schedules.json"), JsonStore(db / "schedule_runs.json"), generation,
-                           curation, gallery, settings.data_dir, training)
+                           curation, gallery, settings.data_dir, training, email=email)
 
 
 def build_curation(settings: Settings, gallery, generation):

@@ -33,6 +33,7 @@ class Settings:
     inbrowser: bool = False
     warm_up: bool = True  # load and run the selected model in the background at start (GenerationService.warm_up)
     allowed_dirs: tuple[Path, ...] = ()  # folders beyond the data and models dirs that typed paths may name
+    queue_start: str | None = None  # the job queue at start: run, paused, as_was; None: the Queue tab's choice
     extra: dict = field(default_factory=dict)
 
     @property
@@ -80,10 +81,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="do not load the selected model in the background at start")
     p.add_argument("--allow-dir", dest="allowed_dirs", type=Path, action="append", default=[],
                    help="a folder whose images typed paths may name (dataset folders); repeat for several")
+    p.add_argument("--queue-start", choices=("run", "paused", "as_was"), default=None,
+                   help="the job queue at start (default: the choice stored from the Queue tab, as_was at first)")
     a = p.parse_args(argv)
     return Settings(
         data_dir=a.data_dir.resolve(), models_dir=a.models_dir.resolve() if a.models_dir else None,
         host=a.host, port=a.port, share=a.share, auth=a.auth, offline=a.offline, model=a.model,
         device=a.device, dtype=a.dtype, cache_budget_bytes=int(a.cache_gb * 1024**3), inbrowser=a.inbrowser,
-        warm_up=a.warm_up, allowed_dirs=tuple(d.resolve() for d in a.allowed_dirs),
+        warm_up=a.warm_up, allowed_dirs=tuple(d.resolve() for d in a.allowed_dirs), queue_start=a.queue_start,
     )

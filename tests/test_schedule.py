@@ -107,8 +107,9 @@ def test_keep_only_accepted_moves_the_others_to_the_trash(services, schedules):
     run = schedules.run_once(saved["id"])
     assert run["status"] == "succeeded"
     assert sorted(run["discarded"] + run["accepted"]) == sorted(run["images"])
-    for image_id in run["discarded"]:
-        assert services.gallery.get(image_id) is None
+    for image_id in run["discarded"]:  # in the gallery's trash, restorable
+        record = services.gallery.get(image_id)
+        assert record["trashed"] and (services.settings.data_dir / "trash" / record["path"]).exists()
 
 
 def test_conditions_skip_and_record_why(schedules):

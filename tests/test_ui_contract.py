@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import threading
 from pathlib import Path
 
@@ -20,10 +21,15 @@ UI_DIR = Path(__file__).resolve().parent.parent / "studio" / "ui"
 PUBLIC_API = {
     "/generate", "/stop", "/png_info", "/dataset_add_files", "/dataset_add_folder", "/dataset_add_gallery",
     "/dataset_add_trigger", "/dataset_auto_caption", "/train", "/train_stop", "/train_status", "/train_resume",
-    "/train_compare", "/gallery_search", "/models_status", "/unload_model", "/controlnet", "/controlnet_preview",
+    "/train_compare", "/gallery_search", "/gallery_stats", "/gallery_import", "/models_status", "/unload_model", "/controlnet", "/controlnet_preview",
     "/curate", "/override", "/curation_results", "/suggest_thresholds", "/curation_apply",
     "/schedule_save", "/schedule_run_now", "/schedule_pause", "/schedule_resume", "/schedule_delete",
-    "/schedule_list", "/schedule_runs",
+    "/schedule_list", "/schedule_runs", "/schedule_dashboard",
+    "/prompts_list", "/prompts_save", "/prompts_delete", "/prompt_versions", "/prompt_compare", "/prompt_restore",
+    "/styles_list", "/styles_save", "/styles_delete", "/styles_import", "/styles_export", "/negative_templates_save",
+    "/wildcards_list", "/wildcards_preview", "/wildcards_save", "/history_search", "/builder_compose",
+    "/seed_explore", "/seed_variations",
+    "/queue_list", "/queue_move", "/queue_cancel", "/queue_pause", "/queue_resume",
 }
 
 
@@ -41,13 +47,13 @@ def test_every_tab_module_returns_a_tab_and_the_app_knows_only_the_list(services
     with gr.Blocks():
         with gr.Tabs():
             tabs = [module.create_tab(services) for module in app_ui.TAB_MODULES]
-    assert [t.title for t in tabs] == ["Generate", "ControlNet", "Train", "Curate", "Schedule", "Gallery",
-                                        "Models"]
+    assert [t.title for t in tabs] == ["Generate", "ControlNet", "Train", "Curate", "Schedule", "Queue",
+                                        "Gallery", "Prompts", "Models"]
     assert all(isinstance(t, Tab) for t in tabs)
-    assert [len(t.on_load) for t in tabs] == [0, 0, 1, 2, 2, 1, 1]
+    assert [len(t.on_load) for t in tabs] == [0, 0, 1, 2, 3, 1, 2, 2, 2]
     source = (UI_DIR / "app_ui.py").read_text()
-    for internal in ("runs_view", "refresh_all", "gallery_load", "prompt"):
-        assert internal not in source
+    for internal in ("runs_view", "refresh_all", "gallery_load", r"\bprompt\b"):
+        assert not re.search(internal, source)
 
 
 def test_form_handler_passes_a_dict_and_names_its_api_parameters():

@@ -280,6 +280,7 @@ class Trainer:
             return _load(path)
         seeds = list(range(TRAIN_SCENE_SEEDS, TRAIN_SCENE_SEEDS + self.args.num_scenes))
         means, stds = [], []
+        cpu_start = time.process_time()
         with torch.no_grad():
             for i in range(0, len(seeds), 64):
                 x = torch.stack([_to_tensor(render(training_scene(s, self.args.off_grid))) for s in seeds[i:i + 64]])
@@ -290,6 +291,7 @@ class Trainer:
         data = {"seeds": torch.tensor(seeds), "mean": torch.cat(means), "std": torch.cat(stds)}
         _atomic_save(data, path)
         self.state["latents_done"] = True
+        self.state["latent_cpu_seconds"] = time.process_time() - cpu_start
         self.save_state()
         return data
 
@@ -450,7 +452,8 @@ sketch (scribbled outlines, 2-5 px). Weights fp16 safetensors ({size:.1f} MB); i
 ## Training
 - Command (resumable: run it again after a stop and it continues from its checkpoint):
 {command}
-- Seed {st['seed']}; {st['step']} steps in {st['seconds'] / 60:.1f} training minutes (evaluation paused); hardware:
+- Seed {st['seed']}; {st['step']} steps in {st['seconds'] / 60:.1f} training minutes (evaluation paused), after
+  {st.get('latent_cpu_seconds', 0) / 60:.1f} CPU-minutes encoding the latent cache; {a.threads} thread(s) on
   {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU; bf16 autocast: {a.bf16}.
 - Data: {a.num_scenes} cached world scenes (seeds {TRAIN_SCENE_SEEDS}+), {a.off_grid:.0%} with their objects moved
   off the five named positions; maps {1 - a.scribble_share:.0%} edges / {a.scribble_share:.0%} scribbles, drawn

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 GPU_QUEUE = "gpu"
 # every event that runs a model joins the one GPU queue; its limit is the queue's default (Settings.gpu_concurrency)
 ON_GPU = {"concurrency_id": GPU_QUEUE, "concurrency_limit": "default"}
+# Generate and ControlNet: their handlers wait in the studio job queue (services.queue), which runs one job at a
+# time and lists every waiting job on the Queue tab, so Gradio lets them all in at once
+ON_QUEUE = {"concurrency_id": "studio-queue", "concurrency_limit": None}
 # UI plumbing: works in the page, absent from the API page and refused to API clients
 PLUMBING = {"api_visibility": "private"}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.controlnet_service import MAX_UNITS, RESIZE_MODES, ControlNetRequest, ControlUnit
-from studio.ui.common import (ON_GPU, PLUMBING, Form, Tab, generation_fields, mode_visibility, session_owner,
+from studio.ui.common import (ON_QUEUE, PLUMBING, Form, Tab, generation_fields, mode_visibility, session_owner,
                               stop_jobs, stream_generation, user_errors)
 from studio.ui.generate_tab import mask_from_editor
 
@@ -164,9 +164,10 @@ def create_tab(services) -> Tab:
     def on_generate(values: dict, request: gr.Request, progress=gr.Progress()):
         req, _ = controlnet.validate(request_from_form(values))
         yield from stream_generation(services.jobs, session_owner(request), req,
-                                     lambda cancel, report: controlnet.generate(req, cancel, report), progress)
+                                     services.queue.interactive("controlnet", req, session_owner(request)),
+                                     progress)
 
-    generate.click(on_generate, form.inputs, [preview, gallery, info, status], api_name="controlnet", **ON_GPU)
+    generate.click(on_generate, form.inputs, [preview, gallery, info, status], api_name="controlnet", **ON_QUEUE)
 
     def on_stop(request: gr.Request):
         return stop_jobs(services.jobs, request)
@@ -196,7 +197,7 @@ def create_tab(services) -> Tab:
             out.append(gr.update(value=unit is not None))
             out += [gr.update(value=unit[name]) if unit and unit.get(name) is not None else gr.update()
                     for name in unit_restored]
-        gr.Info(f"Parameters and {len(saved_units)} ControlNet unit(s) read from the image.")
+        gr.Info(f"{found['message']} {len(saved_units)} ControlNet unit(s) restored.")
         return out
 
     png_info.upload(on_png_info, png_info, png_outputs, **PLUMBING)

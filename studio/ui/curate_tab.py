@@ -264,7 +264,7 @@ def create_tab(services) -> Tab:
             return update.message, gr.update()
 
         report = yield from stream_job(services.jobs, session_owner(request),
-                                       lambda cancel, report_fn: curation.run(req, report_fn, cancel), render)
+                                       services.queue.interactive("curate", req, session_owner(request)), render)
         yield report.message, report.summary()
 
     run.click(on_curate, form.inputs, [status, summary], api_name="curate", **CURATE_QUEUE).then(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
+
 import gradio as gr
 
 from studio.generation_service import GenerationRequest
-from studio.ui.common import (ON_GPU, PLUMBING, Form, LoadEvent, Tab, mode_visibility, session_owner, stop_jobs,
+from studio.ui.common import (ON_QUEUE, PLUMBING, Form, LoadEvent, Tab, mode_visibility, session_owner, stop_jobs,
                               stream_generation, user_errors)
 
 PNG_INFO_FIELDS = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "cfg_rescale", "width", "height",
-                   "seed")
+                   "seed", "variation_seed", "variation_strength")
+MAX_SEED = 2**32 - 1
 
 
 def mask_from_editor(editor_value):
@@ -28,6 +31,19 @@ def mask_from_editor(editor_value):
     return background.convert("RGB"), mask
 
 
+def with_prompt_library(prompts, values: dict) -> dict:
+    """The form's values with the prompt library applied: a template prompt expanded for the seed (a random
+    seed is fixed first, so the image can be made again), then the negative template and the styles."""
+    values = dict(values)
+    styles, negative_template = values.pop("styles", None) or [], values.pop("negative_template", None) or ""
+    templated = prompts.is_template(values.get("prompt")) or prompts.is_template(values.get("negative_prompt"))
+    if templated and (values.get("seed") is None or values["seed"] < 0):
+        values["seed"] = random.randrange(MAX_SEED)
+    values["prompt"], values["negative_prompt"] = prompts.prepare(
+        values.get("prompt") or "", values.get("negative_prompt") or "", styles, negative_template, values.get("seed"))
+    return values
+
+
 def request_from_form(values: dict) -> GenerationRequest:
     """The GenerationRequest a filled-in Generate form asks for (the inpaint editor gives image and mask)."""
     values = dict(values)
@@ -41,7 +57,7 @@ def request_from_form(values: dict) -> GenerationRequest:
 
 
 def create_tab(services) -> Tab:
-    models, generation = services.models, services.generation
+    models, generation, prompts = services.models, services.generation, services.prompts
     choices = models.choices()
     default_model = models.default_model(services.settings.model)
     recommended = models.recommended(default_model)
@@ -61,6 +77,11 @@ def create_tab(services) -> Tab:
                                     elem_id="prompt", info="Ctrl+Enter generates")
                 negative = gr.Textbox(label="Negative prompt", lines=2)
                 with gr.Row():
+                    styles = gr.Dropdown(prompts.styles.names(), value=[], multiselect=True, label="Styles", scale=3,
+                                         info="wrap the prompt ({prompt}) or append to it, in order (Prompts tab)")
+                    negative_template = gr.Dropdown([""] + prompts.negatives.names(), value="", scale=2,
+                                                    label="Negative template", info="added to the negative prompt")
+                with gr.Row():
                     lora_pick = gr.Dropdown(models.lora_names(), label="LoRA", scale=3,
                                             info="adds <lora:name:weight> to the prompt; stack several")
                     lora_weight = gr.Slider(-2, 2, value=0.8, step=0.05, label="LoRA weight", scale=2)
@@ -79,14 +100,21 @@ def create_tab(services) -> Tab:
                     batch_count = gr.Slider(1, services.settings.max_batch_count, value=1, step=1,
                                             label="Batch count")
                     batch_size = gr.Slider(1, services.settings.max_batch_size, value=1, step=1, label="Batch size")
+                with gr.Accordion("Variation seed", open=False):
+                    with gr.Row():
+                        variation_seed = gr.Number(-1, label="Variation seed (-1 = random)", precision=0)
+                        variation_strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                                       info="0 = the seed's image; 1 = the variation seed's")
                 with gr.Group(visible=False) as img2img_group:
-                    init_image = gr.Image(label="Init image", type="filepath", sources=["upload", "clipboard"])
+                    init_image = gr.Image(label="Init image", type="filepath", sources=["upload", "clipboard"],
+                                           elem_id="init-image")
                 with gr.Group(visible=False) as inpaint_group:
                     editor = gr.ImageEditor(label="Inpaint: upload an image, paint the area to change",
                                             type="pil", brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
                                             layers=False, transforms=())
                 strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength", visible=False)
-                png_info = gr.File(label="PNG info: drop an image made here or in A1111 to reuse its parameters",
+                png_info = gr.File(label="PNG info: drop an image made here, in A1111, ComfyUI, Fooocus, InvokeAI "
+                                         "or NovelAI to reuse its parameters",
                                    file_types=["image"], type="filepath")
             with gr.Column(scale=6, min_width=320):
                 with gr.Row():
@@ -104,7 +132,8 @@ def create_tab(services) -> Tab:
     form = Form(model=model, mode=mode, prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps,
                 cfg_scale=cfg, cfg_rescale=cfg_rescale, width=width, height=height, seed=seed,
                 batch_count=batch_count, batch_size=batch_size, init_image=init_image, inpaint_image=editor,
-                strength=strength, vae=vae)
+                strength=strength, vae=vae, styles=styles, negative_template=negative_template,
+                variation_seed=variation_seed, variation_strength=variation_strength)
 
     mode.change(mode_visibility, mode, [img2img_group, inpaint_group, strength], queue=False, **PLUMBING)
 
@@ -134,6 +163,9 @@ def create_tab(services) -> Tab:
 
     lora_add.click(on_add_lora, [lora_pick, lora_weight, prompt], [prompt, lora_pick], queue=False, **PLUMBING)
     lora_pick.focus(lambda: gr.update(choices=models.lora_names()), None, lora_pick, queue=False, **PLUMBING)
+    styles.focus(lambda: gr.update(choices=prompts.styles.names()), None, styles, queue=False, **PLUMBING)
+    negative_template.focus(lambda: gr.update(choices=[""] + prompts.negatives.names()), None, negative_template,
+                            queue=False, **PLUMBING)
 
     png_outputs = [form.components[name] for name in PNG_INFO_FIELDS]
 
@@ -142,18 +174,18 @@ def create_tab(services) -> Tab:
         if not image:
             return [gr.update()] * len(PNG_INFO_FIELDS)
         fields = generation.parameters_of(image)
-        gr.Info("Parameters read from the image.")
+        gr.Info(fields["message"])
         return [gr.update(value=fields[name]) if name in fields else gr.update() for name in PNG_INFO_FIELDS]
 
     png_info.upload(on_png_info, png_info, png_outputs, api_name="png_info")
 
     @form.handler
     def on_generate(values: dict, request: gr.Request, progress=gr.Progress()):
-        req = generation.validate(request_from_form(values))
+        req = generation.validate(request_from_form(with_prompt_library(prompts, values)))
         yield from stream_generation(services.jobs, session_owner(request), req,
-                                     lambda cancel, report: generation.generate(req, cancel, report), progress)
+                                     services.queue.interactive("generate", req, session_owner(request)), progress)
 
-    generate.click(on_generate, form.inputs, [preview, gallery, info, status], api_name="generate", **ON_GPU)
+    generate.click(on_generate, form.inputs, [preview, gallery, info, status], api_name="generate", **ON_QUEUE)
 
     def on_stop(request: gr.Request):
         return stop_jobs(services.jobs, request)
@@ -187,5 +219,7 @@ def create_tab(services) -> Tab:
                               [target.components["control_image"], target.components["prompt"], tab_row],
                               queue=False, **PLUMBING)
 
-    return Tab("Generate", components={"prompt": prompt, "model": model, "init_image": init_image, "mode": mode},
+    return Tab("Generate", components={"prompt": prompt, "negative_prompt": negative, "model": model,
+                                       "init_image": init_image, "mode": mode, "seed": seed, "styles": styles,
+                                       "variation_seed": variation_seed, "variation_strength": variation_strength},
                connect=connect)

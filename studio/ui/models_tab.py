@@ -1,10 +1,12 @@
-"""Models / Settings tab: loaded models, their memory, cache hits and misses; unload one."""
+"""Models / Settings tab: loaded models, their memory, cache hits and misses; unload one; the SMTP settings for
+e-mailed schedule reports."""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from studio.ui.common import PLUMBING, LoadEvent, Tab, user_errors
+from studio.ui.email_settings_panel import create_email_settings
 
 COLUMNS = ["model", "kind", "MB", "in use", "hits", "load s", "shares weights with"]
 
@@ -44,6 +46,7 @@ def create_tab(services) -> Tab:
             refresh = gr.Button("Refresh", scale=1)
         installed = gr.Markdown()
         gr.Markdown(settings_text(services))
+        email_load = create_email_settings(services.schedules.email)
 
     def refresh_all():
         rows, text = cache_table(services)
@@ -63,4 +66,4 @@ def create_tab(services) -> Tab:
     outputs = [summary, table, target, installed]
     refresh.click(refresh_all, None, outputs, queue=False, api_name="models_status")
     unload.click(do_unload, target, outputs, queue=False, api_name="unload_model")
-    return Tab("Models", on_load=[LoadEvent(refresh_all, [], outputs)])
+    return Tab("Models", on_load=[LoadEvent(refresh_all, [], outputs), email_load])

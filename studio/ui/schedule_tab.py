@@ -1,6 +1,7 @@
 """Schedule tab: the autonomous artist. Create or edit a schedule (cron or interval, prompt templates with
-variables, conditions, webhook) with a live "next 5 runs" preview; list schedules with their next run; Run now,
-Pause, Resume, Delete; a timeline of past runs and a run's images."""
+variables, conditions, webhook, e-mail) with a live "next 5 runs" preview and a warning when it collides with another
+schedule; list schedules with their next run; Run now, Pause, Resume, Delete; a timeline of past runs, a run's
+images, report and contact sheet; the dashboard (schedule_dashboard_panel)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import time
 import gradio as gr
 
 from studio.errors import ValidationError
-from studio.schedule_service import NOTIFY_ON, WEBHOOK_FORMATS, ScheduleRequest
+from studio.run_report import report_text
+from studio.schedule_conflicts import find_conflicts
+from studio.schedule_service import EMAIL_ON, NOTIFY_ON, WEBHOOK_FORMATS, ScheduleRequest
 from studio.ui.common import PLUMBING, Form, LoadEvent, Tab, user_errors
+from studio.ui.schedule_dashboard_panel import create_dashboard
 
 SCHEDULE_COLUMNS = ["id", "name", "when", "next run", "status", "last run"]
 RUN_COLUMNS = ["run", "schedule", "trigger", "status", "started", "duration s", "made", "accepted", "errors"]
@@ -48,6 +52,9 @@ def run_rows(schedules, schedule_id: str | None = None) -> list[list]:
         note = r.get("notification") or {}
         if note and not note.get("ok"):
             errors = "; ".join(x for x in (errors, f"webhook: {note.get('error')}") if x)
+        mail = r.get("email") or {}
+        if mail and not mail.get("ok"):
+            errors = "; ".join(x for x in (errors, f"e-mail: {mail.get('error')}") if x)
         rows.append([r["id"][:12], r["schedule_name"], r["trigger"], r["status"] + (f": {r['reason']}"
                      if r.get("reason") and r["status"] in ("skipped", "missed") else ""),
                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "-",
@@ -60,6 +67,7 @@ def create_tab(services) -> Tab:
     schedules, generation = services.schedules, services.generation
     models = services.models.choices()
     with gr.Tab("Schedule", id="schedule"):
+        dashboard_load, dashboard_api = create_dashboard(schedules, services.settings.data_dir)
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Row():
@@ -95,6 +103,8 @@ def create_tab(services) -> Tab:
                         webhook = gr.Textbox(label="Webhook URL (http/https)", scale=3)
                         hook_format = gr.Dropdown(list(WEBHOOK_FORMATS), value="json", label="Body")
                         notify = gr.Dropdown(list(NOTIFY_ON), value="both", label="Notify on")
+                        email_on = gr.Dropdown(list(EMAIL_ON), value="off", label="E-mail the report",
+                                               info="SMTP settings: Models tab")
                 schedule_id = gr.Textbox(label="Editing schedule id (empty = a new schedule)")
             with gr.Column(scale=2):
                 preview = gr.Markdown(elem_id="schedule-preview")
@@ -116,13 +126,17 @@ def create_tab(services) -> Tab:
             refresh = gr.Button("Refresh", scale=1, elem_id="schedule-refresh")
         run_gallery = gr.Gallery(columns=8, height=300, format="png", interactive=False, label="The run's images",
                                  elem_id="schedule-run-images")
+        with gr.Row():
+            run_report = gr.Markdown(elem_id="schedule-run-report")
+            run_sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, height=300,
+                                 elem_id="schedule-run-sheet")
         timer = gr.Timer(5)
 
     form = Form(name=name, cron=cron, interval_minutes=interval, model=model, prompts=prompts, variables=variables,
                 negative_prompt=negative, images=images, seed=seed, sampler=sampler, steps=steps, width=width,
                 height=height, curate=curate, keep_only_accepted=keep, skip_while_training=training,
                 min_free_gb=min_free, allowed_hours=hours, time_budget_minutes=budget, webhook_url=webhook,
-                webhook_format=hook_format, notify_on=notify, id=schedule_id)
+                webhook_format=hook_format, notify_on=notify, email_on=email_on, id=schedule_id)
 
     def choices():
         return [(f"{v['name']} ({v['id']})", v["id"]) for v in schedules.list()]
@@ -148,6 +162,9 @@ def create_tab(services) -> Tab:
         values["seed"] = -1 if values.get("seed") is None else values["seed"]
         saved = schedules.save(ScheduleRequest(**values))
         text = f"Saved **{saved['name']}** (`{saved['id']}`); next run: {saved['next_run_text'] or '-'}"
+        for conflict in find_conflicts(schedules, saved["id"]):
+            gr.Warning(conflict.message)
+            text += f"\n\n⚠ {conflict.message}"
         return (text, saved["id"], *tables(saved["id"]))
 
     @user_errors
@@ -178,11 +195,16 @@ def create_tab(services) -> Tab:
                 variables_text(req.variables), req.negative_prompt, req.images, req.seed, req.sampler, req.steps,
                 req.width, req.height, req.curate, req.keep_only_accepted, req.skip_while_training, req.min_free_gb,
                 req.allowed_hours, req.time_budget_minutes, req.webhook_url, req.webhook_format, req.notify_on,
-                req.id)
+                req.email_on, req.id)
 
     @user_errors
     def on_run_pick(run_id):
-        return schedules.run_images(run_id) if run_id else []
+        if not run_id:
+            return [], "", None
+        run = schedules.run(run_id) or {}
+        sheet = services.settings.data_dir / run["contact_sheet"] if run.get("contact_sheet") else None
+        return (schedules.run_images(run_id), report_text(run) if run else "",
+                str(sheet) if sheet and sheet.exists() else None)
 
     def on_preview(cron_text, minutes):
         return schedules.preview_text(cron_text, minutes or 0)
@@ -204,10 +226,11 @@ def create_tab(services) -> Tab:
     edit.click(on_edit, pick, form.inputs, queue=False, **PLUMBING)
     gr.on([cron.change, interval.change], on_preview, [cron, interval], preview, queue=False,
           show_progress="hidden", **PLUMBING)
-    run_pick.change(on_run_pick, run_pick, run_gallery, queue=False, **PLUMBING)
+    run_pick.change(on_run_pick, run_pick, [run_gallery, run_report, run_sheet], queue=False, **PLUMBING)
     refresh.click(lambda p: tables(p), pick, listing, queue=False, **PLUMBING)
     timer.tick(lambda p: (schedule_rows(schedules), run_rows(schedules)), pick, [schedule_table, runs_table],
                queue=False, show_progress="hidden", **PLUMBING)
     return Tab("Schedule",
-               on_load=[LoadEvent(lambda: tables(), [], listing), LoadEvent(on_preview, [cron, interval], preview)],
-               api={"schedule_list": schedule_list, "schedule_runs": schedule_runs})
+               on_load=[LoadEvent(lambda: tables(), [], listing), LoadEvent(on_preview, [cron, interval], preview),
+                        dashboard_load],
+               api={"schedule_list": schedule_list, "schedule_runs": schedule_runs, **dashboard_api})

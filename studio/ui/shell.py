@@ -11,7 +11,9 @@ SHORTCUTS = (
     ("Alt+1 … Alt+9", "Open the first … ninth tab"),
     ("Alt+D", "Dark / light mode (remembered in this browser)"),
     ("A / R / F", "Accept / reject / feature the selected image (Curate tab, when not typing)"),
-    ("← / →", "Previous / next image in the review grid (Curate tab)"),
+    ("← / →", "Previous / next image in the review grid (Curate tab) or the open image (Gallery)"),
+    ("Esc", "Close the open image (Gallery)"),
+    ("Shift+click", "Select a range of images (Gallery, in Select mode)"),
     ("?", "Show or hide this help (when not typing)"),
 )
 
@@ -28,7 +30,18 @@ SCRIPT = """
   };
   const visible = (el) => el && el.offsetParent !== null;
   const typing = (el) => el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.isContentEditable);
+  // the Gallery's select event reads whether shift was held (gallery_tab.SHIFT_JS)
+  document.addEventListener("mousedown", (e) => { window.studioShiftClick = e.shiftKey; }, true);
+  // an image panel that shows an image takes the arrow keys and Esc
+  const lightbox = () => [...document.querySelectorAll(".studio-lightbox")]
+    .find((b) => visible(b) && b.querySelector("img"));
   document.addEventListener("keydown", (e) => {
+    const box = !e.ctrlKey && !e.metaKey && !e.altKey && !typing(document.activeElement) && lightbox();
+    if (box) {
+      const target = {ArrowLeft: ".lightbox-prev", ArrowRight: ".lightbox-next", Escape: ".lightbox-close"}[e.key];
+      const button = target && box.querySelector(target);
+      if (button) { e.preventDefault(); button.click(); return; }
+    }
     if ((e.ctrlKey || e.metaKey) && e.key === "Enter") {
       const button = document.querySelector("#generate-button");
       if (visible(button)) { e.preventDefault(); button.click(); }

@@ -1,0 +1,44 @@
+"""Batch curation as a studio queue job (kind "curate"): the request is stored as JSON and scored by
+CurationService with the queue's cancel event and progress listener. After a restart it runs again (scoring is
+idempotent; manual verdicts are kept)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from studio.curation_service import CurationReport, CurationRequest
+from studio.job_queue import JobContext, JobKind, JobQueue, JobSpec
+
+
+def describe(req: CurationRequest) -> str:
+    if req.ids:
+        return f"{len(req.ids)} image(s)"
+    if req.query:
+        return f"images matching {req.query!r}"
+    return f"folder {req.folder}" if req.folder else "the whole gallery"
+
+
+class CurationJobs:
+    """Encodes and runs curation jobs; `register(queue)` adds the kind."""
+
+    def __init__(self, curation):
+        self.curation = curation
+
+    def register(self, queue: JobQueue) -> None:
+        queue.register("curate", JobKind(run=self.run, encode=self.encode, cancelled=self.cancelled))
+
+    @staticmethod
+    def encode(req: CurationRequest, job_id: str) -> JobSpec:
+        return JobSpec(payload=asdict(req), title=f"Curate {describe(req)}"[:80], total=max(1, len(req.ids)))
+
+    @staticmethod
+    def cancelled(payload: dict) -> CurationReport:
+        """What the page gets for a curation cancelled before it started: nothing scored, stopped."""
+        return CurationReport(0, 0, [], {}, {}, [], 0.0, True)
+
+    def run(self, payload: dict, ctx: JobContext) -> CurationReport:
+        def report(update):
+            ctx.image_done(done=update.done, total=update.total, durable=False)
+            if ctx.progress is not None:
+                ctx.progress(update)
+        return self.curation.run(CurationRequest(**payload), report, ctx.cancel)
