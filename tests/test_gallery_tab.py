@@ -44,6 +44,10 @@ def test_gallery_search_api_filters_and_pages(served, made):
     items, *_ = client.predict(text=WORD, sampler="Euler", image_size="64x64", sort="oldest",
                                api_name="/gallery_search")
     assert [i["caption"][-1] for i in items] == ["0", "1", "2"]
+    summary, plot, models, loras, words, storage = client.predict(api_name="/gallery_stats")
+    total = services.gallery.stats()["images"]
+    assert f"**{total:,}** images" in summary and plot is not None
+    assert words["data"] and storage["data"] and models["data"]
 
 
 @pytest.mark.browser

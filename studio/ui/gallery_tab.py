@@ -69,6 +69,25 @@ def details(record: dict | None) -> str:
     return text.strip() + "\n\n" + " · ".join(extra)
 
 
+def per_day_plot(per_day: list[tuple[str, int]]):
+    """A bar chart of images per day (the last 90 days that have images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    days = per_day[-90:]
+    fig = Figure(figsize=(9, 2.6), dpi=100)
+    ax = fig.add_subplot()
+    ax.bar(range(len(days)), [n for _, n in days], color="#7c5cff")
+    step = max(1, len(days) // 10)
+    ax.set_xticks(range(0, len(days), step), [d for d, _ in days][::step], fontsize=8)
+    ax.set_ylabel("images")
+    ax.set_title("Images per day", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def create_tab(services) -> Tab:
     gallery = services.gallery
     data_dir = Path(services.settings.data_dir)
@@ -181,7 +200,7 @@ def create_tab(services) -> Tab:
         with gr.Accordion("Statistics", open=False, elem_id="gallery-stats"):
             stats_go = gr.Button("Refresh statistics", size="sm")
             stats_md = gr.Markdown()
-            per_day = gr.BarPlot(x="day", y="images", title="Images per day", height=260)
+            per_day = gr.Plot(label="Images per day")
             with gr.Row():
                 top_models = gr.Dataframe(headers=["model", "images"], label="Most used models")
                 top_loras = gr.Dataframe(headers=["LoRA", "images"], label="Most used LoRAs")
@@ -454,14 +473,12 @@ def create_tab(services) -> Tab:
         facets, None, facet_outputs, queue=False, **PLUMBING).then(**run_search, **PLUMBING)
 
     def statistics():
-        import pandas as pd
-
         s = gallery.stats()
-        days = pd.DataFrame(s.get("per_day", []), columns=["day", "images"])
-        md = (f"**{s.get('total', 0):,}** images · favourites **{s.get('favourite_rate', 0):.1%}** · "
-              f"in the trash **{s.get('trashed', 0):,}**")
-        return (md, days, [list(r) for r in s.get("models", [])], [list(r) for r in s.get("loras", [])],
-                [list(r) for r in s.get("words", [])],
+        trash_images, trash_bytes = s.get("trash", (0, 0))
+        md = (f"**{s.get('images', 0):,}** images · favourites **{s.get('favourites', 0):,}** "
+              f"({s.get('favourite_rate', 0):.1%}) · in the trash **{trash_images:,}** ({trash_bytes / 2**20:.1f} MB)")
+        return (md, per_day_plot(s.get("per_day", [])), [list(r) for r in s.get("top_models", [])],
+                [list(r) for r in s.get("top_loras", [])], [list(r) for r in s.get("top_words", [])],
                 [[folder, round(size / 2**20, 1)] for folder, size in s.get("storage", [])])
 
     stats_go.click(statistics, None, [stats_md, per_day, top_models, top_loras, top_words, storage], queue=False,
