@@ -80,6 +80,8 @@ class ScheduleRequest:
     prompts: list[str] = field(default_factory=list)
     variables: dict[str, list[str]] = field(default_factory=dict)
     negative_prompt: str = ""
+    styles: list[str] = field(default_factory=list)  # style presets of the prompt library, applied in order
+    negative_template: str = ""  # a negative-prompt template of the prompt library ("" none)
     images: int = 4
     seed: int = -1               # -1: random seeds every run; otherwise seed, seed+1, ... every run
     sampler: str = ""            # "": the studio's default sampler
@@ -162,8 +164,9 @@ class _Stopped(Exception):
 # ---------------------------------------------------------------------- the service
 class ScheduleService:
     def __init__(self, store, runs_store, generation, curation, gallery, data_dir: Path,
-                 training=None, timezone=None, clock: Callable[[], float] = time.time, email=None):
+                 training=None, timezone=None, clock: Callable[[], float] = time.time, email=None, prompts=None):
         self.store, self.runs_store = store, runs_store
+        self.prompts = prompts  # the prompt library: style presets and negative templates (None: not offered)
         self.generation, self.curation, self.gallery, self.training = generation, curation, gallery, training
         self.data_dir = Path(data_dir)
         self.templates = TemplateExpander(Wildcards(wildcard_folders(self.data_dir)))  # {a|b} {name} __wildcard__
@@ -229,7 +232,14 @@ class ScheduleService:
         if req.email_on not in EMAIL_ON:
             raise ValidationError(f"email_on must be one of {', '.join(EMAIL_ON)}", "email_on")
         parse_hours(req.allowed_hours)
-        out = ScheduleRequest(**{**asdict(req), "name": name, "cron": (req.cron or "").strip(),
+        styles = [str(n) for n in (req.styles or []) if str(n).strip()]
+        if (styles or req.negative_template) and self.prompts is None:
+            raise ValidationError("styles: the prompt library is not available here", "styles")
+        for style in styles:
+            self.prompts.styles.get(style)  # a ValidationError names an unknown one
+        if req.negative_template:
+            self.prompts.negatives.get(req.negative_template)
+        out = ScheduleRequest(**{**asdict(req), "name": name, "styles": styles, "cron": (req.cron or "").strip(),
                                  "prompts": prompts, "variables": variables, "webhook_url": url,
                                  "sampler": req.sampler or self.generation.default_sampler(),
                                  "images": check_range("images", req.images, 1, MAX_IMAGES, int),
@@ -250,7 +260,10 @@ class ScheduleService:
     def _generation_request(self, req: ScheduleRequest, prompt: str, seed: int, run_id: str = ""):
         from studio.generation_service import GenerationRequest
 
-        return GenerationRequest(prompt=prompt, negative_prompt=req.negative_prompt, model=req.model,
+        negative = req.negative_prompt
+        if self.prompts is not None and (req.styles or req.negative_template):
+            prompt, negative = self.prompts.prepare(prompt, negative, req.styles, req.negative_template)
+        return GenerationRequest(prompt=prompt, negative_prompt=negative, model=req.model,
                                  sampler=req.sampler, steps=req.steps, width=req.width, height=req.height, seed=seed,
                                  job_id=run_id, source="schedule")
 

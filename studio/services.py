@@ -64,10 +64,10 @@ def build_services(settings: Settings) -> Services:
     captions = CaptionService(settings.models_root / CAPTION_DIR, cache, device, device_lock)
     controlnet = build_controlnet(settings, generation, cache, CONTROLNET_DIR)
     curation = build_curation(settings, gallery, generation)
-    schedules = build_schedules(settings, generation, curation, gallery, training)
+    prompts = build_prompts(settings, generation, gallery)
+    schedules = build_schedules(settings, generation, curation, gallery, training, prompts)
     queue = build_queue(settings, generation, controlnet, curation)
     schedules.use_queue(queue)  # scheduled runs wait in the studio queue with everyone's jobs
-    prompts = build_prompts(settings, generation, gallery)
     return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions, controlnet,
                     curation, schedules, prompts=prompts, queue=queue)
 
@@ -96,7 +96,7 @@ def build_prompts(settings: Settings, generation, gallery):
     return prompts
 
 
-def build_schedules(settings: Settings, generation, curation, gallery, training):
+def build_schedules(settings: Settings, generation, curation, gallery, training, prompts=None):
     """The schedule service: schedules and run reports in <data>/db/, contact sheets in <data>/reports/, SMTP
     settings for e-mailed reports in <data>/db/ (`services.schedules.email`); its scheduler is started by the app
     (`services.schedules.start()`), not here."""
@@ -107,7 +107,7 @@ def build_schedules(settings: Settings, generation, curation, gallery, training)
     db = settings.data_dir / "db"
     email = EmailNotifier(JsonStore(db / "email_settings.json"), db / "smtp_password")
     return ScheduleService(JsonStore(db / "schedules.json"), JsonStore(db / "schedule_runs.json"), generation,
-                           curation, gallery, settings.data_dir, training, email=email)
+                           curation, gallery, settings.data_dir, training, email=email, prompts=prompts)
 
 
 def build_curation(settings: Settings, gallery, generation):

@@ -420,3 +420,17 @@ def test_two_schedules_due_together_run_one_after_the_other(schedules):
     runs = wait_for(lambda: all((r := schedules.run(i)) and r["status"] == "succeeded" for i in ids)
                     and sorted((schedules.run(i) for i in ids), key=lambda r: r["started"]))
     assert runs[0]["finished"] <= runs[1]["started"]
+
+
+def test_style_presets_and_a_negative_template_wrap_every_scheduled_prompt(services, schedules):
+    style = services.prompts.styles.names()[0]
+    negative = services.prompts.negatives.names()[0]
+    saved = schedules.save(request(styles=[style], negative_template=negative, images=1))
+    run = schedules.run_once(saved["id"])
+    record = services.gallery.get(run["images"][0])
+    item = run["done"][0]
+    expected, expected_negative = services.prompts.prepare(item["prompt"], "", [style], negative)
+    assert record["prompt"] == expected != item["prompt"] and record["negative_prompt"] == expected_negative
+    assert schedules.get(saved["id"]).styles == [style]
+    with pytest.raises(ValidationError, match="style 'no such style' does not exist"):
+        schedules.save(request(styles=["no such style"]))

@@ -95,12 +95,14 @@ def create_tab(services) -> Tab:
         with gr.Row(equal_height=True):
             text = gr.Textbox(label="Search prompts", placeholder='words, "a phrase", -excluded', scale=4,
                               min_width=240, elem_id="gallery-query")
-            sort = gr.Dropdown(BASE_SORTS, value="newest", label="Sort", scale=1, min_width=140, allow_custom_value=True)
+            sort = gr.Dropdown(BASE_SORTS, value="newest", label="Sort", scale=1, min_width=140,
+                               allow_custom_value=True)
             page_size = gr.Dropdown(PAGE_SIZES, value=PAGE_SIZES[1], label="Per page", scale=0, min_width=90)
             search = gr.Button("Search", variant="primary", scale=0, min_width=90, elem_id="gallery-search")
         with gr.Accordion("Filters", open=False, elem_id="gallery-filters"):
             with gr.Row():
-                model = gr.Dropdown([ANY], value="", label="Model", elem_id="gallery-filter-model", allow_custom_value=True)
+                model = gr.Dropdown([ANY], value="", label="Model", elem_id="gallery-filter-model",
+                                    allow_custom_value=True)
                 lora = gr.Dropdown([ANY], value="", label="LoRA", allow_custom_value=True)
                 controlnet = gr.Dropdown([ANY], value="", label="ControlNet", allow_custom_value=True)
                 sampler = gr.Dropdown([ANY], value="", label="Sampler", allow_custom_value=True)
@@ -115,7 +117,8 @@ def create_tab(services) -> Tab:
             with gr.Row():
                 favourite = gr.Checkbox(label="Favourites only")
                 min_rating = gr.Slider(0, 5, value=0, step=1, label="Rating at least")
-                album = gr.Dropdown([ANY], value="", label="Album", elem_id="gallery-filter-album", allow_custom_value=True)
+                album = gr.Dropdown([ANY], value="", label="Album", elem_id="gallery-filter-album",
+                                    allow_custom_value=True)
                 run_id = gr.Textbox(label="Job or schedule run id", max_lines=1)
                 trashed = gr.Checkbox(label="Show the trash", elem_id="gallery-show-trash")
             clear = gr.Button("Clear filters", size="sm")

@@ -81,6 +81,11 @@ def create_tab(services) -> Tab:
                                        value="color: red, green, blue, yellow\nbackground: white, black")
                 negative = gr.Textbox(label="Negative prompt", lines=1)
                 with gr.Row():
+                    styles = gr.Dropdown(services.prompts.styles.names(), value=[], multiselect=True,
+                                         label="Styles (prompt library)")
+                    negatives = [("none", "")] + [(n, n) for n in services.prompts.negatives.names()]
+                    negative_template = gr.Dropdown(negatives, value="", label="Negative template")
+                with gr.Row():
                     model = gr.Dropdown(models, value=services.models.default_model(services.settings.model)
                                         or (models[0] if models else None), label="Model", allow_custom_value=True)
                     images = gr.Slider(1, 100, value=4, step=1, label="Images per run")
@@ -133,7 +138,8 @@ def create_tab(services) -> Tab:
         timer = gr.Timer(5)
 
     form = Form(name=name, cron=cron, interval_minutes=interval, model=model, prompts=prompts, variables=variables,
-                negative_prompt=negative, images=images, seed=seed, sampler=sampler, steps=steps, width=width,
+                negative_prompt=negative, styles=styles, negative_template=negative_template, images=images, seed=seed,
+                sampler=sampler, steps=steps, width=width,
                 height=height, curate=curate, keep_only_accepted=keep, skip_while_training=training,
                 min_free_gb=min_free, allowed_hours=hours, time_budget_minutes=budget, webhook_url=webhook,
                 webhook_format=hook_format, notify_on=notify, email_on=email_on, id=schedule_id)
@@ -192,7 +198,8 @@ def create_tab(services) -> Tab:
     def on_edit(schedule_id: str):
         req = schedules.get(schedule_id)
         return (req.name, req.cron, req.interval_minutes, req.model, "\n".join(req.prompts),
-                variables_text(req.variables), req.negative_prompt, req.images, req.seed, req.sampler, req.steps,
+                variables_text(req.variables), req.negative_prompt, req.styles, req.negative_template, req.images,
+                req.seed, req.sampler, req.steps,
                 req.width, req.height, req.curate, req.keep_only_accepted, req.skip_while_training, req.min_free_gb,
                 req.allowed_hours, req.time_budget_minutes, req.webhook_url, req.webhook_format, req.notify_on,
                 req.email_on, req.id)
