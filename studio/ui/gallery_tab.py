@@ -119,7 +119,7 @@ def create_tab(services) -> Tab:
                 min_rating = gr.Slider(0, 5, value=0, step=1, label="Rating at least")
                 album = gr.Dropdown([ANY], value="", label="Album", elem_id="gallery-filter-album",
                                     allow_custom_value=True)
-                run_id = gr.Textbox(label="Job or schedule run id", max_lines=1)
+                run_id = gr.Textbox(label="Schedule run id", max_lines=1, elem_id="gallery-filter-run")
                 trashed = gr.Checkbox(label="Show the trash", elem_id="gallery-show-trash")
             clear = gr.Button("Clear filters", size="sm")
         with gr.Row(equal_height=True):
@@ -540,6 +540,16 @@ def create_tab(services) -> Tab:
                            [train.components["dataset_folder"], tab_row], queue=False, **PLUMBING)
             batch_train.click(to_dataset, selection, [train.components["dataset_folder"], tab_row], queue=False,
                               **PLUMBING)
+        schedule = tabs.get("Schedule")
+        if schedule is not None and "open_run" in schedule.components:  # a run's images: filter by its id
+            def open_run(picked):
+                if not picked:
+                    raise gr.Error("Run: pick a run first.")
+                return picked, "", False, gr.Tabs(selected="gallery")
+
+            schedule.components["open_run"].click(open_run, schedule.components["run_pick"],
+                                                  [run_id, text, trashed, tab_row], queue=False, **PLUMBING).then(
+                **run_search, **PLUMBING)
         curate = tabs.get("Curate")
         if curate is not None and "ids" in curate.components:
             batch_curate.click(lambda ids: (",".join(_need(ids)), gr.Tabs(selected="curate")), selection,

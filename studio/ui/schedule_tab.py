@@ -129,6 +129,7 @@ def create_tab(services) -> Tab:
         with gr.Row():
             run_pick = gr.Dropdown([], label="Run", scale=3, allow_custom_value=True, elem_id="schedule-run-pick")
             refresh = gr.Button("Refresh", scale=1, elem_id="schedule-refresh")
+            open_run = gr.Button("Open in Gallery", scale=1, elem_id="schedule-open-run")
         run_gallery = gr.Gallery(columns=8, height=300, format="png", interactive=False, label="The run's images",
                                  elem_id="schedule-run-images")
         with gr.Row():
@@ -240,4 +241,5 @@ def create_tab(services) -> Tab:
     return Tab("Schedule",
                on_load=[LoadEvent(lambda: tables(), [], listing), LoadEvent(on_preview, [cron, interval], preview),
                         dashboard_load],
-               api={"schedule_list": schedule_list, "schedule_runs": schedule_runs, **dashboard_api})
+               api={"schedule_list": schedule_list, "schedule_runs": schedule_runs, **dashboard_api},
+               components={"run_pick": run_pick, "open_run": open_run})
