@@ -373,4 +373,4 @@ def create_tab(services) -> Tab:
                         LoadEvent(initial_preview, [], preview_outputs)],
                api={"override": override, "curation_results": curation_results,
                     "suggest_thresholds": suggest_thresholds},
-               connect=connect)
+               components={"ids": ids}, connect=connect)

@@ -83,6 +83,7 @@ def create_tab(services) -> Tab:
                             new = gr.Button("New")
                             delete = gr.Button("Delete", variant="stop")
                             send_saved = gr.Button("Send to Generate", elem_id="saved-send")
+                            schedule_saved = gr.Button("Send to a schedule", elem_id="saved-schedule")
                         library_status = gr.Markdown("")
                     with gr.Column(scale=3):
                         versions = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False, label="Versions")
@@ -133,6 +134,7 @@ def create_tab(services) -> Tab:
                     sample_seed = gr.Number(0, label="Seed of the first sample", precision=0)
                     preview = gr.Button("Preview", variant="primary")
                     send_template = gr.Button("Send to Generate")
+                    schedule_template = gr.Button("Send to a schedule")
                 samples = gr.Textbox(label="Samples (one per seed)", lines=8, interactive=False,
                                      elem_id="template-samples")
                 wildcard_names = gr.Markdown(", ".join(f"`__{n}__`" for n in prompts.wildcards.names()))
@@ -466,7 +468,18 @@ def create_tab(services) -> Tab:
           lambda p, n, s, v: (p, n, s, v["variation_seed"], v["variation_strength"]))
 
     def connect(tabs: dict, tab_row) -> None:
-        """Every "Send to Generate" button fills Generate's fields and opens the Generate tab."""
+        """Every "Send to Generate" button fills Generate's fields and opens the Generate tab; "Send to a
+        schedule" fills a new schedule's templates (and negative prompt) on the Schedule tab."""
+        schedule = tabs.get("Schedule")
+        if schedule is not None and "prompts" in schedule.components:  # a new schedule's templates
+            def to_schedule(prompt, negative=None):
+                if not (prompt or "").strip():
+                    raise gr.Error("prompt: write or pick a prompt first.")
+                return prompt, gr.update() if negative is None else negative, "", gr.Tabs(selected="schedule")
+
+            outputs = [schedule.components[n] for n in ("prompts", "negative_prompt", "id")] + [tab_row]
+            schedule_saved.click(to_schedule, [text, negative], outputs, queue=False, **PLUMBING)
+            schedule_template.click(to_schedule, [template], outputs, queue=False, **PLUMBING)
         target = tabs.get("Generate")
         if target is None:
             return

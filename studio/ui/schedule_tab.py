@@ -242,4 +242,5 @@ def create_tab(services) -> Tab:
                on_load=[LoadEvent(lambda: tables(), [], listing), LoadEvent(on_preview, [cron, interval], preview),
                         dashboard_load],
                api={"schedule_list": schedule_list, "schedule_runs": schedule_runs, **dashboard_api},
-               components={"run_pick": run_pick, "open_run": open_run})
+               components={"run_pick": run_pick, "open_run": open_run, "prompts": prompts,
+                           "negative_prompt": negative, "id": schedule_id})
