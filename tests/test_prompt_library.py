@@ -298,3 +298,18 @@ def test_the_prompts_tab_api_answers(served):
     assert len(grid) == 2 and "Variation seed: 7, Variation seed strength: 0.25" in info
     history = client.predict(search="grid circle", api_name="/history_search")
     assert table_rows(history)[0][3] == "a grid circle"
+
+
+def test_png_info_gives_back_the_bare_prompt_and_the_styles_it_was_made_with(served):
+    """A1111's "apply styles if any": an image made with a style reads back as its own prompt plus the style."""
+    from gradio_client import Client, handle_file
+
+    from tests.test_app_e2e import generate_args
+
+    url, _ = served
+    client = Client(url, verbose=False)
+    _, images, info, _ = client.predict(**generate_args("a teal kite", styles=["Photograph"]), api_name="/generate")
+    assert "professional photograph of a teal kite" in info
+    out = client.predict(image=handle_file(images[0]["image"]), api_name="/png_info")
+    values = [v.get("value") if isinstance(v, dict) and "__type__" in v else v for v in out]
+    assert values[0] == "a teal kite" and values[-1] == ["Photograph"]

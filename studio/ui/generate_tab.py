@@ -172,12 +172,17 @@ def create_tab(services) -> Tab:
     @user_errors
     def on_png_info(image):
         if not image:
-            return [gr.update()] * len(PNG_INFO_FIELDS)
+            return [gr.update()] * (len(PNG_INFO_FIELDS) + 1)
         fields = generation.parameters_of(image)
-        gr.Info(fields["message"])
-        return [gr.update(value=fields[name]) if name in fields else gr.update() for name in PNG_INFO_FIELDS]
+        # A1111's "apply styles if any": a prompt made with known styles comes back as the bare prompt + styles
+        found, bare, bare_negative = prompts.extract_styles(fields.get("prompt", ""), fields.get("negative_prompt", ""))
+        if found:
+            fields.update(prompt=bare, negative_prompt=bare_negative)
+        gr.Info(fields["message"] + (f" Styles: {', '.join(found)}." if found else ""))
+        return [gr.update(value=fields[name]) if name in fields else gr.update() for name in PNG_INFO_FIELDS] + [
+            found if found else gr.update()]
 
-    png_info.upload(on_png_info, png_info, png_outputs, api_name="png_info")
+    png_info.upload(on_png_info, png_info, png_outputs + [styles], api_name="png_info")
 
     @form.handler
     def on_generate(values: dict, request: gr.Request, progress=gr.Progress()):
