@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,17 @@ def services(tmp_path, tiny_models_dir):
 @pytest.fixture(scope="session")
 def builtin_available() -> bool:
     return (BUILTIN_MODEL_DIR / "model_index.json").exists()
+
+
+def wait_for(predicate, timeout: float = 30.0, every: float = 0.02):
+    """Poll `predicate` until it gives something truthy (returned) or `timeout` seconds pass (AssertionError)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
 
 
 def free_port() -> int:

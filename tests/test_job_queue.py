@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,21 +16,11 @@ import pytest
 from studio.errors import ValidationError
 from studio.job_queue import MAX_PASS_OVERS, JobKind, JobQueue, JobSpec
 from studio.stores.queue_store import QueueStore
-from tests.conftest import TINY_MODEL_ID
+from tests.conftest import TINY_MODEL_ID, wait_for
 
 
 class Killed(BaseException):
     """Stands for a kill -9: nothing after it runs."""
-
-
-def wait_for(predicate, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def recording_queue(path: Path, **kwargs) -> tuple[JobQueue, list]:
@@ -63,6 +54,19 @@ def note(name: str, model: str = "m1") -> JobSpec:
 
 def names(queue: JobQueue) -> list[str]:
     return [job["title"] for job in queue.list()]
+
+
+@contextmanager
+def running_batches(tmp_path: Path, image_seconds: float):
+    """A started recording queue with the "batch" kind (each image takes `image_seconds`): (queue, ran); shut
+    down on leaving."""
+    queue, ran = recording_queue(tmp_path / "q.json")
+    queue.register("batch", JobKind(run=batch_runner(ran, image_seconds=image_seconds)))
+    queue.start()
+    try:
+        yield queue, ran
+    finally:
+        queue.shutdown()
 
 
 def finished(queue: JobQueue, count: int) -> list[dict]:
@@ -121,10 +125,7 @@ def test_move_and_cancel_pending_jobs_and_bad_input_names_the_field(tmp_path):
 
 
 def test_pause_holds_a_running_batch_between_images_and_resume_goes_on(tmp_path):
-    queue, ran = recording_queue(tmp_path / "q.json")
-    queue.register("batch", JobKind(run=batch_runner(ran, image_seconds=0.05)))
-    queue.start()
-    try:
+    with running_batches(tmp_path, 0.05) as (queue, ran):
         queue.submit("batch", JobSpec({"name": "b", "total": 6}, "batch", "m1", 6))
         wait_for(lambda: len(ran) >= 2)
         assert queue.pause()["paused"]
@@ -136,22 +137,15 @@ def test_pause_holds_a_running_batch_between_images_and_resume_goes_on(tmp_path)
         queue.resume()
         finished(queue, 1)
         assert ran == [f"b-{i}" for i in range(6)]
-    finally:
-        queue.shutdown()
 
 
 def test_cancel_stops_a_running_job(tmp_path):
-    queue, ran = recording_queue(tmp_path / "q.json")
-    queue.register("batch", JobKind(run=batch_runner(ran, image_seconds=0.05)))
-    queue.start()
-    try:
+    with running_batches(tmp_path, 0.05) as (queue, ran):
         job_id = queue.submit("batch", JobSpec({"name": "b", "total": 50}, "batch", "m1", 50))
         wait_for(lambda: len(ran) >= 2)
         assert queue.cancel(job_id)["state"] == "stopping"
         job = finished(queue, 1)[0]
         assert job["state"] == "cancelled" and job["done"] < 50
-    finally:
-        queue.shutdown()
 
 
 # ---------------------------------------------------------------------- persistence
@@ -261,10 +255,7 @@ def test_grouping_passes_over_a_job_at_most_a_few_times_and_never_a_moved_one(tm
 
 # ---------------------------------------------------------------------- a person's job and a batch
 def test_a_persons_job_waits_at_most_one_image_of_a_background_batch(tmp_path):
-    queue, ran = recording_queue(tmp_path / "q.json")
-    queue.register("batch", JobKind(run=batch_runner(ran, image_seconds=0.1)))
-    queue.start()
-    try:
+    with running_batches(tmp_path, 0.1) as (queue, ran):
         queue.submit("batch", JobSpec({"name": "b", "total": 8}, "batch", "m1", 8))
         wait_for(lambda: len(ran) >= 1)
         made_before = len(ran)
@@ -274,8 +265,6 @@ def test_a_persons_job_waits_at_most_one_image_of_a_background_batch(tmp_path):
         rows = queue.list()
         assert rows[0]["kind"] == "batch"
         finished(queue, 2)
-    finally:
-        queue.shutdown()
     assert [r for r in ran if r != "person"] == [f"b-{i}" for i in range(8)]
 
 

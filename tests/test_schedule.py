@@ -14,7 +14,7 @@ import pytest
 
 from studio.errors import ValidationError
 from studio.schedule_service import MISFIRE_GRACE_SECONDS, ScheduleRequest, ScheduleService
-from tests.conftest import TINY_MODEL_ID
+from tests.conftest import TINY_MODEL_ID, wait_for
 
 UTC = timezone.utc
 
@@ -41,16 +41,6 @@ def new_service(services, **kwargs) -> ScheduleService:
 def schedules(services):
     yield services.schedules
     services.schedules.shutdown(wait=True)
-
-
-def wait_for(predicate, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 # ---------------------------------------------------------------------- validation and previews
