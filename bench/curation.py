@@ -268,6 +268,45 @@ def _near_duplicates(records: dict[str, dict], names: list[str]) -> None:
     line("  closest different photos (pHash + dHash)", f"{closest} bits (radius {radius})")
 
 
+def bench_embeddings(tmp: Path, n: int, dim: int = 512, planted: int = 1000) -> None:
+    """Near-duplicate grouping on n random-ish unit vectors (crowded into a cone like CLIP's, `planted` near copies
+    at cosine ~0.97) through the LSH index, its recall of the planted pairs; and a search by meaning (one query
+    against the float16 store, exact)."""
+    from studio.curation import ann
+    from studio.curation.embedding_store import EmbeddingStore
+    from studio.curation.policy import Policy
+
+    rng = np.random.default_rng(0)
+
+    def unit(k: int) -> np.ndarray:
+        x = rng.standard_normal((k, dim)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    x = 0.6 * unit(1) + 0.8 * unit(n)
+    src, dst = rng.choice(n // 2, planted, replace=False), n // 2 + rng.choice(n - n // 2, planted, replace=False)
+    x[dst] = x[src] + 0.25 * unit(planted)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    threshold = Policy().dedup_cosine
+    t0 = time.perf_counter()
+    pairs = ann.near_pairs(x, threshold)
+    seconds = time.perf_counter() - t0
+    found = {(int(a), int(b)) for a, b, _ in pairs}
+    recall = np.mean([(int(a), int(b)) in found for a, b in zip(src, dst)])
+    line(f"embedding near-dups, {n:,} x {dim}-d (LSH)", f"{seconds:.2f} s, recall of {planted} planted pairs "
+         f"{recall:.3f} at cosine >= {threshold}, {len(pairs)} pairs (all exact-checked)")
+    store = EmbeddingStore(tmp / "embeddings")
+    store.put_many([f"{k:032x}" for k in range(n)], x)
+    store.top(unit(1)[0], 100)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        store.top(unit(1)[0], 100)
+        times.append(time.perf_counter() - t0)
+    line(f"search by meaning, {n:,} embeddings (target < 100 ms)", f"{1000 * np.median(times):.0f} ms "
+         f"(median of 5; exact cosine over the float16 store)")
+    store.close()
+
+
 def bench_curation(tmp: Path, quick: bool = False, throughput_images: int | None = None,
                    dedup_hashes: int = 10_000, photo_limit: int | None = None, review_rows: int | None = None,
                    stored_records: int | None = None) -> None:
@@ -275,6 +314,7 @@ def bench_curation(tmp: Path, quick: bool = False, throughput_images: int | None
     print(f"Curation ({'quick' if quick else 'full'})", flush=True)
     bench_throughput(tmp / "t", throughput_images or (24 if quick else 120))
     bench_dedup(dedup_hashes)
+    bench_embeddings(tmp / "e", 20_000 if quick else 100_000)
     bench_review_index(tmp / "r", review_rows or (100_000 if quick else 1_000_000),
                        stored_records or (2_000 if quick else 20_000))
     base = photos(photo_limit)

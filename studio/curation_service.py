@@ -9,6 +9,7 @@ verdict, and learn weights and a threshold from those overrides.
     preview(policy) / apply(policy)                            what new weights would change; make them current
     suggest_thresholds()                                       weights and threshold fitted to the overrides
     after_generation(ids)                                      the GenerationService hook (auto-curate setting)
+    semantic_search(text, limit)                               gallery images by meaning (CLIP embeddings)
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, Thr
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from studio.curation import policy as pol
-from studio.curation.dedup import near_between, near_pairs
+from studio.curation import ann
+from studio.curation.dedup import link_text, near_between, near_pairs
 from studio.curation.policy import KEYS, MANUAL_VERDICTS, SPECS, Policy
 from studio.curation.scoring import ONE_THREAD, init_worker, score_file
 from studio.curation.semantic import ClipScorer
@@ -158,6 +161,18 @@ def _one_thread_env():
                 os.environ[key] = value
 
 
+def _open_rgb(path: Path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+def _stamp(path: Path) -> str:
+    """An image file's version for the embedding store: its size and modification time."""
+    st = Path(path).stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def _counts(values) -> dict[str, int]:
     out: dict[str, int] = {}
     for v in values:
@@ -206,7 +221,7 @@ class CurationService:
         """A checked policy: the saved one (or `base`) with the given weights (0..10), limits and threshold
         (0..1). ValidationError naming the field."""
         base = base or self.policy()
-        new = Policy(dict(base.weights), dict(base.limits), base.threshold, base.dedup_radius)
+        new = Policy(dict(base.weights), dict(base.limits), base.threshold, base.dedup_radius, base.dedup_cosine)
         for key, value in (weights or {}).items():
             if key not in SPECS:
                 raise ValidationError(f"weights: unknown metric {key!r} (one of {', '.join(KEYS)})", "weights")
@@ -388,12 +403,10 @@ class CurationService:
             results[t.id]["unavailable"].update(missing)
         if len(missing) == 2 or not ok:
             return
-        from PIL import Image
-
         for start in range(0, len(ok), 16):
             chunk = ok[start:start + 16]
-            images = [Image.open(t.path).convert("RGB") for t in chunk]
-            for t, extra in zip(chunk, self.clip.score([(t.id, img, t.prompt) for t, img in zip(chunk, images)])):
+            items = [(t.id, partial(_open_rgb, t.path), t.prompt) for t in chunk]
+            for t, extra in zip(chunk, self.clip.score(items, [_stamp(t.path) for t in chunk])):
                 results[t.id]["metrics"].update(extra)
                 if "clip_score" not in extra and "clip_score" not in missing:
                     results[t.id]["unavailable"]["clip_score"] = "unavailable (the image has no prompt)"
@@ -415,7 +428,7 @@ class CurationService:
                     "auto": prev.get("auto"), "manual": prev.get("manual"), "verdict": prev.get("verdict"),
                     "duplicate_of": prev.get("duplicate_of"), "near": {}, "scored_at": now,
                 }
-            touched = self._link_neighbours(batch, old, policy.dedup_radius)
+            touched = self._link_neighbours(batch, old, policy.dedup_radius, policy.dedup_cosine)
             self.store.put_many(list(batch.values()) + list(touched.values()))
             self._rejudge(set(batch) | set(touched), policy)
             stored = self.store.get_many(list(batch))
@@ -429,9 +442,11 @@ class CurationService:
         if items and self.gallery is not None:
             self.gallery.set_curations(items)
 
-    def _link_neighbours(self, batch: dict[str, dict], old: dict[str, dict], radius: int) -> dict[str, dict]:
+    def _link_neighbours(self, batch: dict[str, dict], old: dict[str, dict], radius: int,
+                         cosine: float = 1.0) -> dict[str, dict]:
         """Fill the batch records' "near" and update their neighbours' (removing stale links of re-scored
-        images). Returns the changed records outside the batch."""
+        images): hash pairs within `radius`, and where CLIP embeddings exist, pairs at cosine >= `cosine`.
+        Returns the changed records outside the batch."""
         touched: dict[str, dict] = {}
 
         def other(image_id: str) -> dict:
@@ -458,7 +473,32 @@ class CurationService:
                     mine, theirs = hashed[a], base_ids[b]
                     batch[mine]["near"][theirs] = int(d)
                     other(theirs).setdefault("near", {})[mine] = int(d)
+        for a, b, c in self._embedding_pairs(list(batch), cosine):
+            link = round(float(c), 4)
+            batch[a]["near"].setdefault(b, link)
+            if b in batch:
+                batch[b]["near"].setdefault(a, link)
+            else:
+                other(b).setdefault("near", {}).setdefault(a, link)
         return {k: v for k, v in touched.items() if v is not None}
+
+    def _embedding_pairs(self, ids: list[str], threshold: float) -> list[tuple[str, str, float]]:
+        """(batch id, other id, cosine) of every pair at cosine >= threshold among the batch's stored CLIP
+        embeddings and against every other scored image's (an approximate nearest-neighbour index when many)."""
+        store = self.clip.embeddings()
+        if store is None or threshold > 1:
+            return []
+        mine, vectors = store.get_many(ids)
+        if not mine:
+            return []
+        out = [(mine[int(a)], mine[int(b)], c) for a, b, c in ann.near_pairs(vectors, threshold)]
+        batch, scored = set(mine), set(self.store.columns()["ids"])
+        for block_ids, block in store.blocks():
+            rows = [k for k, i in enumerate(block_ids) if i not in batch and i in scored]
+            if rows:
+                for a, b, c in ann.near_between(vectors, block[rows], threshold):
+                    out.append((mine[int(a)], block_ids[rows[int(b)]], c))
+        return [(a, b, c) for a, b, c in out if a != b]
 
     def _auto(self, policy: Policy, ids: set[str] | None, reasons: bool = True) -> dict[str, tuple]:
         """Automatic (verdict, reason, score, duplicate_of) under `policy` of `ids` (None: every image);
@@ -491,7 +531,7 @@ class CurationService:
                       if m in row and accepted(row[m]) and (verdicts.scores[row[m]], m) > rank]
             if better:
                 best_score, best, d = max(better)
-                out[image_id] = ("duplicate", f"duplicate of {best[:8]} (distance {d}, score {best_score:.2f} "
+                out[image_id] = ("duplicate", f"duplicate of {best[:8]} ({link_text(d)}, score {best_score:.2f} "
                                  f">= {verdicts.scores[n]:.2f})", score, best)
             else:
                 out[image_id] = ("accepted", detail.reasons[k] if detail else None, score, None)
@@ -638,6 +678,30 @@ class CurationService:
         keep = ~np.isnan(cols["values"]).all(axis=1)
         return {"ids": [i for i, k in zip(cols["ids"], keep) if k], "values": cols["values"][keep],
                 "score": cols["score"][keep]}
+
+    # ------------------------------------------------------------------ search by meaning
+    def semantic_search(self, text: str, limit: int = 100) -> list[tuple[dict, str, float]]:
+        """The gallery images (trash left out) whose stored CLIP image embeddings best match `text`, encoded by
+        the same open_clip model: [(record, path, cosine)], best first, ties newest first. Only images curated
+        while the CLIP weights were present have embeddings. ValidationError ("meaning") without a model."""
+        store = self.clip.embeddings()
+        if store is None:
+            raise ValidationError("search by meaning needs an open_clip model in "
+                                  f"{self.clip.models_root / 'CLIP'}/<name>/", "meaning")
+        text = (text or "").strip()
+        if not text:
+            raise ValidationError("meaning: type what to look for, e.g. a red car at night", "meaning")
+        limit = check_range("limit", limit, 1, PAGE_MAX, int)
+        query, want = self.clip.encode_text([text])[0], limit
+        while True:  # ask for more while folder images and trashed ones crowd the gallery's out
+            hits = store.top(query, want)
+            records = {r["id"]: r for r in self.gallery.get_many([i for i, _ in hits]) if not r.get("trashed")}
+            found = [(records[i], s) for i, s in hits if i in records]
+            if len(found) >= limit or len(hits) < want:
+                break
+            want *= 4
+        found.sort(key=lambda rs: (-rs[1], -rs[0].get("created", 0)))
+        return [(r, str(self.gallery.path_of(r)), s) for r, s in found[:limit]]
 
     # ------------------------------------------------------------------ groups, datasets, hooks
     def _groups(self, ids: list[str]) -> list[dict]:

@@ -21,7 +21,7 @@ UI_DIR = Path(__file__).resolve().parent.parent / "studio" / "ui"
 PUBLIC_API = {
     "/generate", "/stop", "/png_info", "/dataset_add_files", "/dataset_add_folder", "/dataset_add_gallery",
     "/dataset_add_trigger", "/dataset_auto_caption", "/train", "/train_stop", "/train_status", "/train_resume",
-    "/train_compare", "/gallery_search", "/gallery_stats", "/gallery_import", "/models_status", "/unload_model", "/controlnet", "/controlnet_preview",
+    "/train_compare", "/gallery_search", "/gallery_search_meaning", "/gallery_stats", "/gallery_import", "/models_status", "/unload_model", "/controlnet", "/controlnet_preview",
     "/curate", "/override", "/curation_results", "/suggest_thresholds", "/curation_apply",
     "/schedule_save", "/schedule_run_now", "/schedule_pause", "/schedule_resume", "/schedule_delete",
     "/schedule_list", "/schedule_runs", "/schedule_dashboard",

@@ -36,6 +36,12 @@ def hash_array(pairs: list[tuple[str, str]]) -> np.ndarray:
     return out
 
 
+def link_text(value) -> str:
+    """How a near-duplicate link reads: the summed hash distance (an int) or, where only the CLIP embeddings
+    link two images, their cosine similarity (a float)."""
+    return f"cosine {value:.3f}" if isinstance(value, float) else f"distance {value}"
+
+
 def distance(a: tuple[str, str], b: tuple[str, str]) -> int:
     """Summed pHash + dHash Hamming distance of two hash pairs."""
     return sum((int(x, 16) ^ int(y, 16)).bit_count() for x, y in zip(a, b))

@@ -9,7 +9,8 @@ A batch is written as a new part (temp file, fsync, os.replace) and then indexed
 kill loses at most the batch in flight: a part that no index row points at is deleted at the next open. Storing an
 id again points it at its new row; once more than MAX_SMALL parts of under PART_ROWS rows exist, their live rows
 are merged into parts of up to PART_ROWS rows (written the same way), which also drops the rows no id points at.
-1M images of 768-d ViT-L/14 embeddings take 1.5 GB on disk and an index of about 60 MB.
+1M images of 768-d ViT-L/14 embeddings take 1.5 GB of parts and an index of about 130 MB (measured at 100,000:
+13 MB; storing one image's embedding: 4 ms).
 
 `stamp` is the caller's version of the image (e.g. file size and modification time): an embedding is reused only
 while the stamp still matches.
@@ -54,6 +55,7 @@ class EmbeddingStore:
                          "(id TEXT PRIMARY KEY, part INTEGER NOT NULL, row INTEGER NOT NULL, stamp TEXT NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS by_part ON embeddings(part, row)")
         self._parts: dict[int, np.ndarray] = {}
+        self._live: dict[int, tuple[list[str], np.ndarray]] = {}  # part -> its live (ids, rows); reset on writes
         self._drop_orphans()
 
     # ------------------------------------------------------------------ files
@@ -107,6 +109,7 @@ class EmbeddingStore:
             self._merge_small()
 
     def _index(self, rows: list[tuple[str, int, int, str]]) -> None:
+        self._live.clear()
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO embeddings (id, part, row, stamp) VALUES (?, ?, ?, ?)",
@@ -147,6 +150,7 @@ class EmbeddingStore:
 
     def delete_many(self, ids: list[str]) -> None:
         with self._lock, self._db:
+            self._live.clear()
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM embeddings WHERE id = ?", [(i,) for i in ids])
 
@@ -201,13 +205,16 @@ class EmbeddingStore:
             parts = self._files()
         for part in parts:
             with self._lock:
-                pairs = self._db.execute("SELECT id, row FROM embeddings WHERE part = ? ORDER BY row",
-                                         (part,)).fetchall()
-                if not pairs:
+                if part not in self._live:
+                    pairs = self._db.execute("SELECT id, row FROM embeddings WHERE part = ? ORDER BY row",
+                                             (part,)).fetchall()
+                    self._live[part] = ([i for i, _ in pairs], np.fromiter((r for _, r in pairs), np.int64,
+                                                                           len(pairs)))
+                ids, rows = self._live[part]
+                if not ids:
                     continue
                 matrix = self._part(part)
-            rows = np.fromiter((r for _, r in pairs), np.int64, len(pairs))
-            yield [i for i, _ in pairs], (matrix if len(rows) == len(matrix) else matrix[rows])
+            yield list(ids), (matrix if len(rows) == len(matrix) else matrix[rows])
 
     def matrix(self) -> tuple[list[str], np.ndarray]:
         """Every stored (id, row): all ids and one float16 (n, dim) matrix (1M x 768: 1.5 GB)."""

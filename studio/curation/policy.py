@@ -80,12 +80,15 @@ KEYS = tuple(m.key for m in METRICS)
 @dataclass
 class Policy:
     """What turns metrics into verdicts: weights, per-metric rule limits, the accept threshold and the
-    near-duplicate radius (pHash + dHash Hamming distance, of 128 bits)."""
+    near-duplicate radius (pHash + dHash Hamming distance, of 128 bits) and, where CLIP embeddings exist, the
+    cosine similarity at or above which two images are near-duplicates too (0.95: the usual cut for
+    near-duplicates on CLIP image embeddings; unrelated images of one subject sit lower)."""
 
     weights: dict[str, float] = field(default_factory=lambda: {m.key: m.weight for m in METRICS})
     limits: dict[str, float | None] = field(default_factory=lambda: {m.key: m.limit for m in METRICS})
     threshold: float = 0.5
     dedup_radius: int = 28
+    dedup_cosine: float = 0.95
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Policy":
@@ -95,7 +98,8 @@ class Policy:
         limits = {**base.limits, **{k: (None if v is None else float(v))
                                     for k, v in (data.get("limits") or {}).items() if k in SPECS}}
         return cls(weights, limits, float(data.get("threshold", base.threshold)),
-                   int(data.get("dedup_radius", base.dedup_radius)))
+                   int(data.get("dedup_radius", base.dedup_radius)),
+                   float(data.get("dedup_cosine", base.dedup_cosine)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -247,7 +251,7 @@ def _policy_from_fit(policy: Policy, used: list[str], beta: np.ndarray, b: float
         start = float(np.clip(np.exp(-b / float(beta.sum())), 0.0, 1.0))
     else:  # nothing predicts the overrides: keep the weights, move only the threshold
         start = policy.threshold
-    fitted = Policy(weights, dict(policy.limits), start, policy.dedup_radius)
+    fitted = Policy(weights, dict(policy.limits), start, policy.dedup_radius, policy.dedup_cosine)
     scores = combined_scores(values, fitted)
     ruled = rule_failures(values, fitted).any(axis=1)
     known = np.unique(np.round(scores[~np.isnan(scores)], 4))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from studio.curation.embedding_store import EmbeddingStore
+
 log = logging.getLogger(__name__)
 BUILTIN_MODEL = "builtin:shapes"
 CLIP_DIR = "CLIP"
@@ -81,14 +83,16 @@ def load_aesthetic_head(path: Path):
 
 
 class ClipScorer:
-    """CLIP score and LAION aesthetic score with open-clip-torch, one embedding pass per image; the embeddings
-    are kept under `<data>/cache/clip/<image id>.npy` (float16). Runs in the calling process (torch)."""
+    """CLIP score and LAION aesthetic score with open-clip-torch, one embedding pass per image: each image's
+    embedding is stored once (an EmbeddingStore under `<cache_dir>/<model folder name>/`) and reused while the
+    image's stamp matches, for near-duplicate grouping and search by meaning. Runs in the calling process."""
 
     def __init__(self, models_root: Path, cache_dir: Path):
         self.models_root = Path(models_root)
         self.cache_dir = Path(cache_dir)
         self._lock = threading.Lock()
         self._loaded = None
+        self._stores: dict[str, EmbeddingStore] = {}
 
     def unavailable(self) -> dict[str, str]:
         """metric -> reason, for the CLIP metrics that cannot run here (empty when both can)."""
@@ -100,6 +104,20 @@ class ClipScorer:
         if find_aesthetic_head(self.models_root) is None:
             out["aesthetic"] = f"unavailable (no aesthetic head .pth in {clip_dir / AESTHETIC_DIR})"
         return out
+
+    def embeddings(self) -> EmbeddingStore | None:
+        """The embedding store of the CLIP model on disk (None without one). The first open takes in the
+        `<id>.npy` files the former per-image cache left in `cache_dir`."""
+        folder = find_clip_model(self.models_root)
+        if folder is None:
+            return None
+        with self._lock:
+            if folder.name not in self._stores:
+                store = EmbeddingStore(self.cache_dir / folder.name)
+                if store.import_npy_files(self.cache_dir):
+                    log.info("took the per-image CLIP embedding files into %s", store.root)
+                self._stores[folder.name] = store
+            return self._stores[folder.name]
 
     def _load(self):
         if self._loaded is None:
@@ -115,28 +133,58 @@ class ClipScorer:
             self._loaded = (torch, model, preprocess, tokenizer, layers)
         return self._loaded
 
-    def score(self, items: list[tuple[str, object, str]]) -> list[dict]:
-        """[(image id, PIL image, prompt)] -> [{"clip_score": ..., "aesthetic": ...}] (keys only where
-        computable; a prompt-less image gets no CLIP score)."""
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm text embeddings (float32, one row per text)."""
+        with self._lock:
+            torch, model, _, tokenizer, _ = self._load()
+            with torch.no_grad():
+                text = model.encode_text(tokenizer(list(texts))).float()
+            return (text / text.norm(dim=-1, keepdim=True)).numpy()
+
+    def _image_embeddings(self, items, stamps: list[str] | None) -> np.ndarray:
+        """Unit-norm image embeddings of `items`: stored ones whose stamp matches, the others computed (one
+        pass) and stored."""
+        store = self.embeddings()
+        ids = [image_id for image_id, _, _ in items]
+        stamps = list(stamps) if stamps is not None else None
+        known = store.stamps(ids)
+        reuse = [i for n, i in enumerate(ids) if i in known and (stamps is None or known[i] == stamps[n])]
+        found, rows = store.get_many(reuse)
+        vectors = dict(zip(found, rows.astype(np.float32)))
+        todo = [n for n, image_id in enumerate(ids) if image_id not in vectors]
+        if todo:
+            with self._lock:
+                torch, model, preprocess, _, _ = self._load()
+                with torch.no_grad():
+                    pixels = torch.stack([preprocess(_image(items[n][1]).convert("RGB")) for n in todo])
+                    image = model.encode_image(pixels).float()
+                    image = (image / image.norm(dim=-1, keepdim=True)).numpy()
+            store.put_many([ids[n] for n in todo], image, [stamps[n] for n in todo] if stamps else None)
+            stored = image.astype(np.float16).astype(np.float32)  # as stored: a re-run scores the same
+            vectors.update((ids[n], stored[k]) for k, n in enumerate(todo))
+        return np.stack([vectors[i] for i in ids])
+
+    def score(self, items: list[tuple[str, object, str]], stamps: list[str] | None = None) -> list[dict]:
+        """[(image id, PIL image or a function that opens it, prompt)] -> [{"clip_score": ..., "aesthetic":
+        ...}] (keys only where computable; a prompt-less image gets no CLIP score). `stamps` (one per item, e.g.
+        the file's size and time) decide whether a stored embedding still fits its image; without them any
+        stored embedding of the id is used."""
         if not items or find_clip_model(self.models_root) is None:
             return [{} for _ in items]
-        with self._lock:
-            torch, model, preprocess, tokenizer, layers = self._load()
-            with torch.no_grad():
-                pixels = torch.stack([preprocess(img.convert("RGB")) for _, img, _ in items])
-                image = model.encode_image(pixels).float()
-                image = image / image.norm(dim=-1, keepdim=True)
-                text = model.encode_text(tokenizer([p or "" for _, _, p in items])).float()
-                text = text / text.norm(dim=-1, keepdim=True)
-                out = [{"clip_score": float((image[i] * text[i]).sum())} if items[i][2] else {}
-                       for i in range(len(items))]
-                if layers is not None and layers[0][0].shape[1] == image.shape[1]:
-                    x = image
-                    for weight, bias in layers:
-                        x = x @ weight.T + (bias if bias is not None else 0)
-                    for i, value in enumerate(x[:, 0].tolist()):
-                        out[i]["aesthetic"] = float(value)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        for (image_id, _, _), vector in zip(items, image.numpy()):
-            np.save(self.cache_dir / f"{image_id}.npy", vector.astype(np.float16))
+        image = self._image_embeddings(items, stamps)
+        prompts = [p or "" for _, _, p in items]
+        text = self.encode_text(prompts)
+        out = [{"clip_score": float(image[i] @ text[i])} if prompts[i] else {} for i in range(len(items))]
+        layers = self._load()[4]
+        if layers is not None and layers[0][0].shape[1] == image.shape[1]:
+            x = image
+            for weight, bias in layers:
+                x = x @ weight.numpy().T + (bias.numpy() if bias is not None else 0)
+            for i, value in enumerate(x[:, 0].tolist()):
+                out[i]["aesthetic"] = float(value)
         return out
+
+
+def _image(source):
+    """A PIL image, or what a zero-argument opener returns."""
+    return source() if callable(source) else source

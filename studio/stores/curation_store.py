@@ -10,7 +10,7 @@ perceptual hashes. A record is
     {"id", "path", "source" ("gallery" | "folder"), "prompt", "model", "metrics": {key: value},
      "unavailable": {key: reason}, "error": str | None, "score": float | None, "hashes": [pHash, dHash] | None,
      "auto": {"verdict", "reason"}, "manual": {"verdict", "who", "when"} | None, "duplicate_of": id | None,
-     "near": {id: distance} (its near-duplicates),
+     "near": {id: summed hash distance (int), or cosine (float) where only CLIP embeddings link them},
      "verdict": the manual verdict if any, else the automatic one, "scored_at": epoch seconds}
 
 The index loads in a background thread (2.3 s for 100,000 records here), so the app starts at once; the first

@@ -12,6 +12,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from studio.curation.dedup import link_text
 from studio.curation.policy import KEYS, METRICS, SPECS, fmt
 from studio.curation_service import CurationRequest
 from studio.ui.common import PLUMBING, Form, LoadEvent, Tab, session_owner, stop_jobs, stream_job, user_errors
@@ -85,7 +86,7 @@ def breakdown(record: dict | None, history: list[dict], policy) -> str:
     for key, reason in (record.get("unavailable") or {}).items():
         lines.append(f"- {SPECS[key].title}: {reason}" if key in SPECS else f"- {key}: {reason}")
     if record.get("near"):
-        lines.append("\n**Near-duplicates:** " + ", ".join(f"`{k[:8]}` (distance {d})"
+        lines.append("\n**Near-duplicates:** " + ", ".join(f"`{k[:8]}` ({link_text(d)})"
                                                         for k, d in sorted(record["near"].items(),
                                                                            key=lambda kv: kv[1])[:6]))
     if history:

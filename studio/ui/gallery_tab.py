@@ -1,8 +1,8 @@
 """Gallery tab: every saved image as a paged grid of cached thumbnails, searched (words, "phrases", -excluded)
-and filtered by anything the studio records; a lightbox (← / → / Esc) with the full image, its parameters and
-actions (to Generate, img2img, inpaint, ControlNet, Train; rate, favourite, album, download, trash); a selection
-(click in Select mode, shift-click for a range, or all results) for batch actions; albums, the trash, folder
-import and statistics."""
+and filtered by anything the studio records, or searched by meaning (CLIP); a lightbox (← / → / Esc) with the
+full image, its parameters and actions (to Generate, img2img, inpaint, ControlNet, Train; rate, favourite, album,
+download, trash); a selection (click in Select mode, shift-click for a range, or all results) for batch actions;
+albums, the trash, folder import and statistics."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 import gradio as gr
 
 from studio.datasets import write_caption_dataset
-from studio.gallery_service import GalleryQuery
-from studio.ui.common import PLUMBING, Form, LoadEvent, Tab, session_owner, stream_job, user_errors
+from studio.gallery_service import GalleryPage, GalleryQuery
+from studio.ui.common import ON_GPU, PLUMBING, Form, LoadEvent, Tab, session_owner, stream_job, user_errors
 
 PAGE_SIZES = [50, 100, 200]
+MEANING_LIMIT = 100       # images a search by meaning shows
 ANY = ("Any", "")
 BASE_SORTS = [("Newest", "newest"), ("Oldest", "oldest"), ("Rating", "rating")]
 STARS = ["0", "1", "2", "3", "4", "5"]
@@ -121,6 +122,11 @@ def create_tab(services) -> Tab:
                                     allow_custom_value=True)
                 run_id = gr.Textbox(label="Schedule run id", max_lines=1, elem_id="gallery-filter-run")
                 trashed = gr.Checkbox(label="Show the trash", elem_id="gallery-show-trash")
+            with gr.Row(equal_height=True):
+                meaning = gr.Textbox(label="Search by meaning (CLIP)", placeholder="a red car at night", max_lines=1,
+                                     scale=4, elem_id="gallery-meaning")
+                meaning_go = gr.Button("Search by meaning", size="sm", scale=0, min_width=160,
+                                       elem_id="gallery-meaning-search")
             clear = gr.Button("Clear filters", size="sm")
         with gr.Row(equal_height=True):
             prev_page = gr.Button("◀ Page", size="sm", scale=0, min_width=90, elem_id="gallery-prev-page")
@@ -245,6 +251,16 @@ def create_tab(services) -> Tab:
                                  favourite, album, trashed)]
     filters += [c.submit for c in (date_from, date_to, run_id, seed, min_score)] + [min_rating.release]
     gr.on(filters, **run_search, **PLUMBING)
+
+    @user_errors
+    def gallery_search_meaning(words: str, chosen: list[str] | None = None):
+        """The gallery images whose CLIP embeddings best match the words (needs an open_clip model), best first."""
+        hits = services.curation.semantic_search(words, MEANING_LIMIT)
+        items, _, ids, _ = render(GalleryPage([(r, p) for r, p, _ in hits], len(hits), 1, 1), chosen or [])
+        return items, f"**{len(hits)}** image(s) closest in meaning to “{words.strip()}”", ids, 1, -1, None, ""
+
+    gr.on([meaning_go.click, meaning.submit], gallery_search_meaning, [meaning, selection], search_outputs,
+          api_name="gallery_search_meaning", **ON_GPU)  # runs the CLIP text tower: the models' queue
 
     def turn(step: int):
         def go(*args):
