@@ -106,3 +106,14 @@ def test_flop_counts_of_a_linear_layer_and_the_share_of_the_matmul_peak():
     assert peak > 1e8
     assert share_of_peak(peak / 4, 2, 1.0, peak) == f"0.50 ({peak / 2e9:.1f} of {peak / 1e9:.1f} GFLOP/s)"
     assert share_of_peak(peak / 50, 1, 1.0, peak).startswith("0.020 (")
+
+
+def test_controlnet_section_counts_weight_loads_and_prints_the_cost_beside_its_bound(tmp_path, capsys):
+    from bench.controlnet import bench_controlnet
+
+    bench_controlnet(tmp_path / "cn", repeats=1)
+    out = capsys.readouterr().out
+    assert _number(out, "weight loads when adding the ControlNet") == 1
+    assert _number(out, "weight loads, txt2img <-> ControlNet x2") == 0
+    assert _number(out, "cost ControlNet/plain (bound 1+CN/UNet FLOP)") > 1
+    assert "preprocessor canny: first / cached" in out and "not cached" not in out
