@@ -15,7 +15,7 @@ from studio.errors import ValidationError
 from studio.infotext import controlnet_units_from_infotext, parse_infotext
 from tests.conftest import TINY_MODEL_ID, make_settings
 
-IOU_FLOOR = 0.5  # the trained ControlNet measures higher on 120 layouts (its card); 8 layouts vary more
+IOU_FLOOR = 0.65  # measured 0.79 on these 8 layouts (0.02 without it); 0.805 on the card's 120
 
 
 def tiny_controlnet(unet):
@@ -337,7 +337,7 @@ def test_the_builtin_controlnet_puts_objects_where_the_map_draws_them():
     layouts = heldout_layouts(8)
     with_map = evaluate(base, net, layouts, 20, "edges", **guidance)
     alone = evaluate(base, None, layouts, 20, **guidance)
-    assert with_map["iou"] >= IOU_FLOOR and with_map["iou"] >= alone["iou"] + 0.15, (with_map, alone)
+    assert with_map["iou"] >= IOU_FLOOR and with_map["iou"] >= alone["iou"] + 0.3, (with_map, alone)
 
 
 # ---------------------------------------------------------------------- the tab

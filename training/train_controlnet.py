@@ -470,9 +470,11 @@ sketch (scribbled outlines, 2-5 px). Weights fp16 safetensors ({size:.1f} MB); i
 |---|---|
 {curve_rows}
 
-## Held-out layouts ({a.eval_layouts} layouts: one and two objects, named and off-grid places, both sizes;
-{a.eval_steps} steps; CFG {guidance['cfg_scale']:g}, the base alone with CFG rescale {guidance['cfg_rescale']:g} (the
-ControlNet pipelines have no rescale))
+## Held-out layouts
+{a.eval_layouts} layouts (one and two objects, named and off-grid places, both sizes), {a.eval_steps} steps, CFG
+{guidance['cfg_scale']:g}; the base alone with CFG rescale {guidance['cfg_rescale']:g} (the ControlNet pipelines have no
+rescale).
+
 {final_rows}
 
 Written {time.strftime('%Y-%m-%d %H:%M')}.
