@@ -37,7 +37,25 @@ def _control_image(seed: int = 900_001):
     return render(sample_scene(seed), SIZE)
 
 
-def bench_controlnet(tmp: Path, repeats: int) -> None:
+def bench_layouts(n: int) -> None:
+    """The built-in ControlNet on `n` held-out layouts (20 steps): IoU, position, colour and shape with edge maps
+    and with scribbles, beside the base model alone (the card's table, measured again)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from training.train_controlnet import final_scores
+
+    if not (BUILTIN_CONTROLNET_DIR / "config.json").exists():
+        return
+    net = ControlNetModel.from_pretrained(BUILTIN_CONTROLNET_DIR, torch_dtype=torch.float32)
+    scores = final_scores(BUILTIN_MODEL_DIR, net, n, 20)
+    keys = ("iou", "position", "colour", "shape")
+    for label, row in scores.items():
+        line(f"{n} held-out layouts, {label}", ", ".join(f"{k} {row[k]:.3f}" for k in keys if k in row))
+    print("  targets: IoU >= 0.75, position >= 0.90, colour and shape within 0.03 of the base", flush=True)
+
+
+def bench_controlnet(tmp: Path, repeats: int, layouts: int = 120) -> None:
     import torch
 
     from bench.flops import forward_flops
@@ -101,3 +119,4 @@ def bench_controlnet(tmp: Path, repeats: int) -> None:
         line(f"preprocessor {name}: first / cached", f"{first.seconds * 1000:.1f} ms / {cached * 1000:.3f} ms"
              f"{'' if again.cached else ' (not cached!)'}")
     studio.training.shutdown()
+    bench_layouts(layouts)

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         sections = [
             ("generation", lambda: bench_generation(tmp / "g", 3 if args.quick else 7)),
             ("cache", lambda: bench_cache(tmp / "c")),
-            ("controlnet", lambda: bench_controlnet(tmp / "cn", 3 if args.quick else 7)),
+            ("controlnet", lambda: bench_controlnet(tmp / "cn", 3 if args.quick else 7, 24 if args.quick else 120)),
             ("coldstart", lambda: bench_cold_start(tmp)),
             ("gallery", lambda: bench_gallery(tmp, args.gallery_records or (10_000 if args.quick else 1_000_000))),
             ("import", lambda: bench_gallery_import(tmp / "imp", args.import_images or (10_000 if args.quick

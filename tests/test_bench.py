@@ -111,9 +111,10 @@ def test_flop_counts_of_a_linear_layer_and_the_share_of_the_matmul_peak():
 def test_controlnet_section_counts_weight_loads_and_prints_the_cost_beside_its_bound(tmp_path, capsys):
     from bench.controlnet import bench_controlnet
 
-    bench_controlnet(tmp_path / "cn", repeats=1)
+    bench_controlnet(tmp_path / "cn", repeats=1, layouts=2)
     out = capsys.readouterr().out
     assert _number(out, "weight loads when adding the ControlNet") == 1
     assert _number(out, "weight loads, txt2img <-> ControlNet x2") == 0
     assert _number(out, "cost ControlNet/plain (bound 1+CN/UNet FLOP)") > 1
     assert "preprocessor canny: first / cached" in out and "not cached" not in out
+    assert 0 <= _number(out, "2 held-out layouts, ControlNet, edges") <= 1
