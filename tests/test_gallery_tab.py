@@ -41,6 +41,10 @@ def test_gallery_search_api_filters_and_pages(served, made):
     assert len(items) == 1
     items, *_ = client.predict(text=WORD, seed=101, api_name="/gallery_search")
     assert len(items) == 1 and "number1" in items[0]["caption"]
+    with pytest.raises(Exception, match="seed must be a whole number"):
+        client.predict(text=WORD, seed="1e5", api_name="/gallery_search")
+    with pytest.raises(Exception, match="date_from"):
+        client.predict(text=WORD, date_from="yesterday", api_name="/gallery_search")
     items, *_ = client.predict(text=WORD, sampler="Euler", image_size="64x64", sort="oldest",
                                api_name="/gallery_search")
     assert [i["caption"][-1] for i in items] == ["0", "1", "2"]
@@ -64,6 +68,17 @@ def test_browser_search_lightbox_arrows_and_send_to_img2img(served, made, tmp_pa
             page.click("#gallery-search")
             page.wait_for_function("document.querySelector('#gallery-status').innerText.includes('3')",
                                    timeout=30_000)
+            page.click("#gallery-filters")  # opening the filters filters nothing yet
+            page.click("#gallery-search")
+            status = "document.querySelector('#gallery-status').innerText"
+            page.wait_for_timeout(1000)
+            page.wait_for_function(f"{status}.startsWith('3 image')", timeout=30_000)
+            page.fill("#gallery-filter-seed textarea, #gallery-filter-seed input", "101")  # the seed of one image
+            page.press("#gallery-filter-seed textarea, #gallery-filter-seed input", "Enter")
+            page.wait_for_function(f"{status}.startsWith('1 image')", timeout=30_000)
+            page.fill("#gallery-filter-seed textarea, #gallery-filter-seed input", "")
+            page.press("#gallery-filter-seed textarea, #gallery-filter-seed input", "Enter")
+            page.wait_for_function(f"{status}.startsWith('3 image')", timeout=30_000)
             thumbs = page.locator("#gallery-grid button.thumbnail-item")
             thumbs.nth(0).click()
             page.wait_for_selector("#gallery-full img", timeout=30_000)

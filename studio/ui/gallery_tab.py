@@ -12,6 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.datasets import write_caption_dataset
+from studio.errors import ValidationError
 from studio.gallery_service import GalleryPage, GalleryQuery
 from studio.ui.common import ON_GPU, PLUMBING, Form, LoadEvent, Tab, session_owner, stream_job, user_errors
 
@@ -30,14 +31,17 @@ def _choices(values) -> list[tuple[str, str]]:
 
 def query_from(values: dict) -> GalleryQuery:
     """The GalleryQuery of the search form's values (blank fields filter nothing)."""
-    seed = values.get("seed")
+    seed = str(values.get("seed") if values.get("seed") is not None else "").strip()
+    if seed and not seed.lstrip("-").isdigit():
+        raise ValidationError(f"seed must be a whole number (blank: any seed); got {seed!r}", "seed")
     return GalleryQuery(
         text=values.get("text") or "", sort=values.get("sort") or "newest", model=values.get("model") or "",
         lora=values.get("lora") or "", controlnet=values.get("controlnet") or "",
         sampler=values.get("sampler") or "", size=values.get("image_size") or "",
         date_from=(values.get("date_from") or "").strip(), date_to=(values.get("date_to") or "").strip(),
-        seed=None if seed in (None, "") else int(seed), verdict=values.get("verdict") or "",
-        score_name=values.get("score_name") or "", min_score=values.get("min_score"),
+        seed=int(seed) if seed else None, verdict=values.get("verdict") or "",
+        score_name=values.get("score_name") or "",
+        min_score=values.get("min_score") if values.get("score_name") else None,  # a blank box sends 0
         favourite=True if values.get("favourite") else None, min_rating=int(values.get("min_rating") or 0),
         album=values.get("album") or "", run_id=(values.get("run_id") or "").strip(),
         trashed=bool(values.get("trashed")), page=int(values.get("page") or 1),
@@ -111,7 +115,7 @@ def create_tab(services) -> Tab:
             with gr.Row():
                 date_from = gr.Textbox(label="From (YYYY-MM-DD)", max_lines=1)
                 date_to = gr.Textbox(label="To (YYYY-MM-DD)", max_lines=1)
-                seed = gr.Number(None, label="Seed", precision=0)
+                seed = gr.Textbox(label="Seed", max_lines=1, elem_id="gallery-filter-seed")  # a Number shows 0
                 verdict = gr.Dropdown([ANY], value="", label="Curate verdict", allow_custom_value=True)
                 score_name = gr.Dropdown([ANY], value="", label="Score", allow_custom_value=True)
                 min_score = gr.Number(None, label="Score at least")
@@ -287,7 +291,7 @@ def create_tab(services) -> Tab:
                      batch_album]
 
     def clear_filters():
-        return ["", "", "", "", "", "", None, "", "", None, False, 0, "", "", False, 1]
+        return ["", "", "", "", "", "", "", "", "", None, False, 0, "", "", False, 1]
 
     clear.click(clear_filters, None, [model, lora, controlnet, sampler, image_size, date_from, seed, verdict,
                                       score_name, min_score, favourite, min_rating, album, run_id, trashed, page],
