@@ -313,3 +313,36 @@ def test_png_info_gives_back_the_bare_prompt_and_the_styles_it_was_made_with(ser
     out = client.predict(image=handle_file(images[0]["image"]), api_name="/png_info")
     values = [v.get("value") if isinstance(v, dict) and "__type__" in v else v for v in out]
     assert values[0] == "a teal kite" and values[-1] == ["Photograph"]
+
+
+@pytest.mark.browser
+def test_browser_previews_a_template_and_sends_it_to_generate_and_to_a_schedule(served):
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_app_e2e import open_page, require_chromium, type_prompt
+
+    require_chromium()
+    url, _ = served
+    template = "a {red|blue} __shape__ in the centre"
+    with sync_playwright() as p:
+        browser, page, errors = open_page(p, url)
+        try:
+            page.get_by_role("tab", name="Prompts").click()
+            page.get_by_role("tab", name="Wildcards & templates").click()
+            type_prompt(page, template, "#template-text textarea")
+            page.click("#template-preview")
+            samples = "document.querySelector('#template-samples textarea').value"
+            page.wait_for_function(f"{samples}.split('\\n').filter(Boolean).length >= 8", timeout=30_000)
+            lines = page.evaluate(samples).splitlines()
+            assert all(("red" in s or "blue" in s) and "__" not in s and "{" not in s for s in lines if s)
+            page.click("#template-send")
+            page.wait_for_function(
+                f"document.querySelector('#prompt textarea').value === {template!r}", timeout=30_000)
+            page.get_by_role("tab", name="Prompts").click()
+            page.click("#template-schedule")
+            page.wait_for_function(f"document.querySelector('#schedule-prompts textarea').value === {template!r}",
+                                   timeout=30_000)
+            assert page.locator("#schedule-prompts textarea").is_visible()  # the Schedule tab is open
+        finally:
+            browser.close()
+    assert not errors, errors

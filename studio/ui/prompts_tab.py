@@ -127,14 +127,14 @@ def create_tab(services) -> Tab:
                 gr.Markdown(f"`{{red|green|blue}}` picks one (choices nest), `__color__` a line of `color.txt` "
                             f"from `{prompts.wildcards.folders[0]}` or the shipped examples. The same template and "
                             "seed always give the same prompt; Generate and Schedule expand templates too.")
-                template = gr.Textbox(label="Template", lines=2,
+                template = gr.Textbox(label="Template", lines=2, elem_id="template-text",
                                       value="a {small|large} __color__ __shape__ on a __color__ background")
                 with gr.Row():
                     sample_count = gr.Slider(1, 50, value=8, step=1, label="Samples")
                     sample_seed = gr.Number(0, label="Seed of the first sample", precision=0)
-                    preview = gr.Button("Preview", variant="primary")
-                    send_template = gr.Button("Send to Generate")
-                    schedule_template = gr.Button("Send to a schedule")
+                    preview = gr.Button("Preview", variant="primary", elem_id="template-preview")
+                    send_template = gr.Button("Send to Generate", elem_id="template-send")
+                    schedule_template = gr.Button("Send to a schedule", elem_id="template-schedule")
                 samples = gr.Textbox(label="Samples (one per seed)", lines=8, interactive=False,
                                      elem_id="template-samples")
                 wildcard_names = gr.Markdown(", ".join(f"`__{n}__`" for n in prompts.wildcards.names()))

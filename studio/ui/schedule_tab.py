@@ -76,6 +76,7 @@ def create_tab(services) -> Tab:
                                       placeholder="0 9 * * mon-fri", elem_id="schedule-cron")
                     interval = gr.Number(0, label="or every N minutes (cron empty)", minimum=0, scale=1)
                 prompts = gr.Textbox(label="Prompt templates (one per line; {variable}, {a|b|c})", lines=3,
+                                     elem_id="schedule-prompts",
                                      value="a {color} {circle|square|triangle} on a {background} background")
                 variables = gr.Textbox(label="Variables (one per line: name: value, value, ...)", lines=3,
                                        value="color: red, green, blue, yellow\nbackground: white, black")
