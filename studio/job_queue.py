@@ -49,6 +49,17 @@ MAX_PASS_OVERS = 3
 RATE_WEIGHT = 0.3  # weight of the newest measurement in the seconds-per-image average
 RATE_WRITE_CHANGE = 0.1  # rates are stored again when one moved by more than this share
 WAIT_POLL_SECONDS = 0.25  # how often a person's waiting (not yet running) job looks at its Stop button
+WAITING_INDEX = -2  # the image index that reports a job's place in the queue to a progress listener
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A pending job's place: its position (1 = next), whether the queue is paused, and the seconds until it
+    starts (from measured rates; None when unknown)."""
+
+    position: int
+    paused: bool
+    starts_in: float | None
 
 
 class Interrupted(Exception):
@@ -217,18 +228,27 @@ class JobQueue:
         (Stop cancels it, queued or running) and return its result."""
         def run(cancel: threading.Event, on_progress: Callable | None = None):
             job_id = self.submit_request(kind, request, "interactive", owner, cancel=cancel, listener=on_progress)
-            return self.wait(job_id, cancel)
+            waiting = (lambda w: on_progress(WAITING_INDEX, w.position, w)) if on_progress is not None else None
+            return self.wait(job_id, cancel, waiting)
         return run
 
-    def wait(self, job_id: str, cancel: threading.Event | None = None):
+    def wait(self, job_id: str, cancel: threading.Event | None = None,
+             on_waiting: Callable[["Waiting"], None] | None = None):
         """Block until the job ends; return its result or raise its error. A set `cancel` removes it while it
-        waits (a running job sees the same event)."""
+        waits (a running job sees the same event). `on_waiting` hears the job's place in the queue whenever it
+        changes while the job is pending."""
         live = self._live.get(job_id)
         if live is None:
             raise ValidationError(f"job_id: no job {job_id!r} waits in this process", "job_id")
+        told = None
         while not live.finished.wait(WAIT_POLL_SECONDS):
             if cancel is not None and cancel.is_set():
                 self.cancel(job_id)
+            if on_waiting is not None:
+                place = self.waiting(job_id)
+                if place is not None and place != told:
+                    told = place
+                    on_waiting(place)
         self._live.pop(job_id, None)
         if live.error is not None:
             raise live.error
@@ -508,6 +528,17 @@ class JobQueue:
         if model in rates:
             return rates[model]
         return sum(rates.values()) / len(rates) if rates else None
+
+    def waiting(self, job_id: str) -> "Waiting | None":
+        """Where a pending job stands (None once it runs or has ended)."""
+        rows = self.list()
+        row = next((r for r in rows if r["id"] == job_id), None)
+        if row is None or row["state"] != "pending":
+            return None
+        ahead = [r for r in rows if r["position"] < row["position"]]
+        known = all(r["eta_seconds"] is not None for r in ahead)
+        start = max((r["eta_seconds"] for r in ahead), default=0.0) if known else None
+        return Waiting(row["position"], self.status()["paused"], start)
 
     def status(self) -> dict:
         with self._cond:

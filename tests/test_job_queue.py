@@ -586,3 +586,37 @@ def test_browser_queue_tab_lists_a_waiting_job_and_pauses_and_resumes(served):
         assert errors == []
     finally:
         services.queue.resume()
+
+
+def test_a_waiting_persons_job_hears_its_place_and_that_the_queue_is_paused(tmp_path):
+    from studio.job_queue import Waiting
+
+    with running_batches(tmp_path, 0.02) as (queue, ran):
+        queue.pause()
+        heard, result = [], []
+        job_id = queue.submit("note", note("person"), priority="interactive", cancel=threading.Event())
+        waiter = threading.Thread(target=lambda: result.append(queue.wait(job_id, None, heard.append)))
+        waiter.start()
+        wait_for(lambda: heard)
+        assert heard[0] == Waiting(position=1, paused=True, starts_in=heard[0].starts_in)
+        queue.resume()
+        waiter.join(30)
+        assert result == ["person"] and all(w.position == 1 for w in heard)
+
+
+def test_a_generation_waiting_behind_a_paused_queue_shows_its_position(services):
+    from studio.ui.common import stream_generation
+
+    services.queue.pause()
+    services.queue.start()
+    try:
+        req = services.generation.validate(generation_request(batch_count=1))
+        run = services.queue.interactive("generate", req, "page-2")
+        shown = stream_generation(services.jobs, "page-2", req, run, lambda value, desc=None: None)
+        messages = [next(shown)[3], next(shown)[3]]
+        assert messages[1].startswith("Queued: position 1") and "paused" in messages[1]
+        services.queue.resume()
+        *_, (last, items, info, message) = list(shown)
+        assert len(items) == 1
+    finally:
+        services.queue.shutdown()

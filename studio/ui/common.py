@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from studio.errors import StudioError
+from studio.job_queue import WAITING_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,10 @@ def stream_generation(jobs, owner: str, req, run: Callable, progress) -> Iterato
 
     def render(update):
         index, total, step = update
+        if index == WAITING_INDEX:  # still waiting in the studio queue: its place
+            eta = f", starts in about {step.starts_in:.0f} s" if step.starts_in is not None else ""
+            paused = " The queue is paused (Queue tab)." if step.paused else ""
+            return gr.update(), gr.update(), gr.update(), f"Queued: position {step.position}{eta}.{paused}"
         if index < 0:
             progress(step.step / max(1, step.total), desc="Downloading model")
             return (gr.update(), gr.update(), gr.update(),
