@@ -129,7 +129,7 @@ def create_tab(services) -> Tab:
     curation = services.curation
     data_dir = services.settings.data_dir
     policy = curation.policy()
-    with gr.Tab("Curate", id="curate"):
+    with gr.Tab("Curate", id="curate") as tab:
         with gr.Accordion("1 · Score images", open=True):
             with gr.Row():
                 query = gr.Textbox(label="Gallery images whose prompt contains (all fields empty: every image)",
@@ -223,7 +223,9 @@ def create_tab(services) -> Tab:
 
     review_inputs = [show, sort, order, page]
     review_outputs = [grid, count, shown_ids]
-    gr.on([show.change, sort.change, order.change, page.submit], load, review_inputs, review_outputs,
+    # the grid fills when the tab opens (fresh each time), not on page load: an on-load event that outputs to a
+    # gallery now and then never reports back in Gradio 6, leaving its loading overlay over the grid
+    gr.on([tab.select, show.change, sort.change, order.change, page.submit], load, review_inputs, review_outputs,
           queue=False, **PLUMBING)
 
     def on_select(evt: gr.SelectData, id_list):
@@ -370,8 +372,7 @@ def create_tab(services) -> Tab:
         send_train.click(send, None, outputs, queue=False, **PLUMBING)
 
     return Tab("Curate",
-               on_load=[LoadEvent(load, review_inputs, review_outputs),
-                        LoadEvent(initial_preview, [], preview_outputs)],
+               on_load=[LoadEvent(initial_preview, [], preview_outputs)],
                api={"override": override, "curation_results": curation_results,
                     "suggest_thresholds": suggest_thresholds},
                components={"ids": ids}, connect=connect)
