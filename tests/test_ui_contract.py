@@ -50,7 +50,7 @@ def test_every_tab_module_returns_a_tab_and_the_app_knows_only_the_list(services
     assert [t.title for t in tabs] == ["Generate", "ControlNet", "Train", "Curate", "Schedule", "Queue",
                                         "Gallery", "Prompts", "Models"]
     assert all(isinstance(t, Tab) for t in tabs)
-    assert [len(t.on_load) for t in tabs] == [0, 0, 1, 1, 3, 1, 2, 2, 2]
+    assert [len(t.on_load) for t in tabs] == [0, 0, 1, 1, 3, 1, 1, 2, 2]
     source = (UI_DIR / "app_ui.py").read_text()
     for internal in ("runs_view", "refresh_all", "gallery_load", r"\bprompt\b"):
         assert not re.search(internal, source)

@@ -96,7 +96,7 @@ def per_day_plot(per_day: list[tuple[str, int]]):
 def create_tab(services) -> Tab:
     gallery = services.gallery
     data_dir = Path(services.settings.data_dir)
-    with gr.Tab("Gallery", id="gallery"):
+    with gr.Tab("Gallery", id="gallery") as tab:
         with gr.Row(equal_height=True):
             text = gr.Textbox(label="Search prompts", placeholder='words, "a phrase", -excluded', scale=4,
                               min_width=240, elem_id="gallery-query")
@@ -575,6 +575,8 @@ def create_tab(services) -> Tab:
             batch_curate.click(lambda ids: (",".join(_need(ids)), gr.Tabs(selected="curate")), selection,
                                [curate.components["ids"], tab_row], queue=False, **PLUMBING)
 
-    return Tab("Gallery", on_load=[LoadEvent(facets, [], facet_outputs),
-                                   LoadEvent(gallery_search, form.inputs + [selection], search_outputs)],
-               api={}, connect=connect)
+    # the grid fills when the tab opens, with the search and filters as they were (the open image stays): an
+    # on-load event into a gallery now and then never reports back in Gradio 6, leaving its overlay on the grid
+    tab.select(lambda *args: gallery_search(*args)[:4], form.inputs + [selection], [grid, status, page_ids, page],
+               queue=False, **PLUMBING)
+    return Tab("Gallery", on_load=[LoadEvent(facets, [], facet_outputs)], api={}, connect=connect)
