@@ -35,20 +35,9 @@ import torch.nn.functional as F
 
 from training import builtin_model as bm
 from training.noise_levels import sample_timesteps
+from training.run_files import atomic_save, load_if_exists, replace_folder, save_json_state
 from training.world import (COLOURS, PATTERNS, SHAPES, caption_single, moved, render, sample_scene, sprinkle_words,
                            varied_caption)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _load(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
 
 def _to_tensor(img) -> torch.Tensor:
@@ -125,16 +114,14 @@ class Trainer:
         self.vocab_size = vocab_size
 
     def save_state(self):
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        os.replace(tmp, self.state_path)
+        save_json_state(self.state, self.state_path)
 
     # ------------------------------------------------------------------ VAE
     def train_vae(self):
         a = self.args
         vae = bm.make_vae()
         opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
-        ck = _load(self.work / "vae.pt")
+        ck = load_if_exists(self.work / "vae.pt", weights_only=False)
         if ck:
             vae.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
@@ -167,7 +154,7 @@ class Trainer:
             self.state["vae_seconds"] += time.time() - t0
             self._log("vae", self.state["vae_step"], self.state["vae_seconds"], loss.item())
             if time.time() - last_ck > 120 or self.vae_done():
-                _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state()},
+                atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state()},
                              self.work / "vae.pt")
                 self.save_state()
                 last_ck = time.time()
@@ -188,7 +175,7 @@ class Trainer:
         trained = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
         vae = bm.make_vae()
         vae.load_state_dict(trained.state_dict())
-        _atomic_save({"model": vae.state_dict()}, self.work / "vae.pt")
+        atomic_save({"model": vae.state_dict()}, self.work / "vae.pt")
         origin = json.loads((folder / "training_state.json").read_text())
         self.state.update(vae_seconds=origin["vae_seconds"], vae_step=origin["vae_step"], vae_imported=True,
                           vae_from=origin.get("command", str(folder)))
@@ -196,14 +183,14 @@ class Trainer:
 
     def load_vae(self):
         vae = bm.make_vae()
-        vae.load_state_dict(_load(self.work / "vae.pt")["model"])
+        vae.load_state_dict(load_if_exists(self.work / "vae.pt", weights_only=False)["model"])
         return vae.eval()
 
     # ------------------------------------------------------------------ latent cache
     def cache_latents(self):
         path = self.work / "latents.pt"
         if self.state["latents_done"] and path.exists():
-            return _load(path)
+            return load_if_exists(path, weights_only=False)
         vae = self.load_vae()
         seeds = list(range(1_000_000, 1_000_000 + self.args.num_scenes))
         means, stds = [], []
@@ -217,7 +204,7 @@ class Trainer:
         mean, std = torch.cat(means), torch.cat(stds)
         scale = float(1.0 / mean.float().std())
         data = {"seeds": seeds, "mean": mean, "std": std, "scale": scale}
-        _atomic_save(data, path)
+        atomic_save(data, path)
         self.state["latents_done"] = True
         self.state["latent_scale"] = scale
         self.save_state()
@@ -246,7 +233,7 @@ class Trainer:
         ema_unet, ema_te = bm.make_unet(), bm.make_text_encoder(self.vocab_size, tok.bos_token_id, tok.eos_token_id)
         params = [{"params": unet.parameters(), "lr": a.lr}, {"params": te.parameters(), "lr": a.te_lr}]
         opt = torch.optim.AdamW(params, weight_decay=1e-2)
-        ck = _load(self.work / "unet.pt")
+        ck = load_if_exists(self.work / "unet.pt", weights_only=False)
         if ck:
             unet.load_state_dict(ck["unet"])
             te.load_state_dict(ck["te"])
@@ -314,7 +301,7 @@ class Trainer:
                 minute = round(self.state["unet_seconds"] / 60)
                 self.export(ema_unet, ema_te, scale, self.work / "snapshots" / f"min_{minute:04d}")
             if crossed or done or time.time() - last_ck > 180:
-                _atomic_save({"unet": unet.state_dict(), "te": te.state_dict(), "ema_unet": ema_unet.state_dict(),
+                atomic_save({"unet": unet.state_dict(), "te": te.state_dict(), "ema_unet": ema_unet.state_dict(),
                               "ema_te": ema_te.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state()},
                              self.work / "unet.pt")
                 self.save_state()
@@ -378,9 +365,7 @@ class Trainer:
         pipe.save_pretrained(tmp, safe_serialization=True)
         info = dict(self.state, exported_at=time.strftime("%Y-%m-%d %H:%M:%S"))
         (tmp / "training_state.json").write_text(json.dumps(info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_folder(tmp, out)
 
     def _log(self, phase: str, step: int, seconds: float, loss: float):
         path = self.work / f"{phase}_loss.csv"

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from training.noise_levels import sample_timesteps
+from training.run_files import atomic_save, load_if_exists, replace_folder, save_json_state
 from training.world import (BASE_SHAPES, COLOURS, IMAGE_SIZE, POSITIONS, SIZES, Scene, ShapeObject, caption_single,
                             caption_two, describe_object, render, sample_scene, varied_caption)
 
@@ -224,18 +225,6 @@ def evaluate(base, controlnet, layouts: list[Layout], steps: int = 20, kind: str
 
 
 # ---------------------------------------------------------------------- training
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _load(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
-
-
 class Trainer:
     """Holds the run's state; each phase resumes where the state says it stopped."""
 
@@ -265,9 +254,7 @@ class Trainer:
         self.scheduler = DDPMScheduler.from_pretrained(base / "scheduler")
 
     def save_state(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        os.replace(tmp, self.state_path)
+        save_json_state(self.state, self.state_path)
 
     def done(self) -> bool:
         a, st = self.args, self.state
@@ -277,7 +264,7 @@ class Trainer:
     def cache_latents(self) -> dict:
         path = self.work / "latents.pt"
         if self.state["latents_done"] and path.exists():
-            return _load(path)
+            return load_if_exists(path)
         seeds = list(range(TRAIN_SCENE_SEEDS, TRAIN_SCENE_SEEDS + self.args.num_scenes))
         means, stds = [], []
         cpu_start = time.process_time()
@@ -289,7 +276,7 @@ class Trainer:
                 stds.append(dist.std.half())
                 print(f"latents {i + len(x)}/{len(seeds)}", flush=True)
         data = {"seeds": torch.tensor(seeds), "mean": torch.cat(means), "std": torch.cat(stds)}
-        _atomic_save(data, path)
+        atomic_save(data, path)
         self.state["latents_done"] = True
         self.state["latent_cpu_seconds"] = time.process_time() - cpu_start
         self.save_state()
@@ -326,7 +313,7 @@ class Trainer:
         a = self.args
         controlnet = self.make_controlnet()
         opt = torch.optim.AdamW(controlnet.parameters(), lr=a.lr, weight_decay=1e-2)
-        ck = _load(self.work / "controlnet.pt")
+        ck = load_if_exists(self.work / "controlnet.pt")
         if ck:
             controlnet.load_state_dict(ck["controlnet"])
             opt.load_state_dict(ck["opt"])
@@ -368,7 +355,7 @@ class Trainer:
             if crossed:
                 self.export(controlnet, self.work / "snapshots" / f"min_{round(self.state['seconds'] / 60):04d}")
             if crossed or self.done() or time.time() - last_ck > 180:
-                _atomic_save({"controlnet": controlnet.state_dict(), "opt": opt.state_dict(),
+                atomic_save({"controlnet": controlnet.state_dict(), "opt": opt.state_dict(),
                               "rng": torch.get_rng_state()}, self.work / "controlnet.pt")
                 self.save_state()
                 last_ck = time.time()
@@ -396,10 +383,7 @@ class Trainer:
         copy.deepcopy(controlnet).half().save_pretrained(tmp, safe_serialization=True)
         if state is not None:
             (tmp / "training_state.json").write_text(json.dumps(state, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
+        replace_folder(tmp, out)
 
     def iou_curve(self, base, layouts: list[Layout], guidance: dict) -> dict[int, float]:
         """Mean IoU (edge maps) of every snapshot; cached in <work>/iou.json."""
