@@ -169,7 +169,9 @@ class ScheduleService:
         self.prompts = prompts  # the prompt library: style presets and negative templates (None: not offered)
         self.generation, self.curation, self.gallery, self.training = generation, curation, gallery, training
         self.data_dir = Path(data_dir)
-        self.templates = TemplateExpander(Wildcards(wildcard_folders(self.data_dir)))  # {a|b} {name} __wildcard__
+        # {a|b} {name} __wildcard__: the prompt library's expander (one wildcard cache), or one of its own
+        self.templates = prompts.templates if prompts is not None else TemplateExpander(
+            Wildcards(wildcard_folders(self.data_dir)))
         self.clock = clock
         if timezone is None:
             from tzlocal import get_localzone
