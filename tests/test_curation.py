@@ -586,3 +586,31 @@ def test_the_benchmark_section_runs_and_prints_its_numbers(tmp_path, capsys):
                   "curation store open, 300 records", "blur AUC", "degraded vs original AUC",
                   "near-duplicate recall, studio", "near-duplicate recall, pHash <= 8 alone"):
         assert label in out, out
+
+
+def test_review_index_snapshot_reloads_only_changed_shards_and_survives_corruption(tmp_path):
+    from studio.stores import curation_store as cs
+
+    def record(i: int, verdict: str) -> dict:
+        return {"id": f"{i:02x}" + "0" * 30, "path": f"outputs/{i}.png", "source": "gallery",
+                "metrics": {"sharpness": i / 20}, "score": i / 20, "verdict": verdict, "scored_at": float(i),
+                "hashes": ["%016x" % i, "%016x" % i], "near": {f"{i + 1:02x}" + "0" * 30: 3} if i == 1 else {}}
+
+    cs.CurationStore(tmp_path).put_many([record(i, "accepted") for i in range(12)])  # 12 shards
+    first = cs.CurationStore(tmp_path)
+    assert first.count() == 12 and (tmp_path / "curation" / cs.SNAPSHOT).is_file(), "a full load writes it"
+    first.put_many([record(3, "rejected"), record(20, "featured")])  # two shards change after the snapshot
+    snap_mtime = (tmp_path / "curation" / cs.SNAPSHOT).stat().st_mtime_ns
+
+    reopened = cs.CurationStore(tmp_path)
+    assert reopened.count() == 13
+    assert reopened.get(record(3, "")["id"])["verdict"] == "rejected"
+    assert reopened.query("featured")[0] == [record(20, "")["id"]]
+    assert reopened.query(None, "sharpness", True, 0, 3)[0][0] == record(20, "")["id"]
+    assert reopened.near() == {record(1, "")["id"]: {record(2, "")["id"]: 3}}
+    assert (tmp_path / "curation" / cs.SNAPSHOT).stat().st_mtime_ns == snap_mtime, "2 stale shards: not rewritten"
+
+    (tmp_path / "curation" / cs.SNAPSHOT).write_bytes(b"PK\x03\x04 not a zip")  # a torn or corrupt snapshot
+    rebuilt = cs.CurationStore(tmp_path)
+    assert rebuilt.count() == 13 and rebuilt.get(record(3, "")["id"])["verdict"] == "rejected"
+    assert rebuilt.query("accepted")[1] == 11

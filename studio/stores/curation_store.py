@@ -13,16 +13,20 @@ perceptual hashes. A record is
      "near": {id: summed hash distance (int), or cosine (float) where only CLIP embeddings link them},
      "verdict": the manual verdict if any, else the automatic one, "scored_at": epoch seconds}
 
-The index loads in a background thread (2.3 s for 100,000 records here), so the app starts at once; the first
-call that needs it waits. The history (`db/curation_history.json`, TinyDB) gets one document per verdict
+The index loads in a background thread, so the app starts at once; the first call that needs it waits. A
+snapshot of the index (`db/curation/index.npz`: the columns, ids and near links, with each shard's stamp) makes
+that load a file read plus the shards written since it was taken; it is rewritten after a load that had to read
+SNAPSHOT_STALE_SHARDS or more shards (reading every shard: 2.3 s per 100,000 records here). The history (`db/curation_history.json`, TinyDB) gets one document per verdict
 change: image id, verdict, reason, by ("auto" or who), at.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -35,6 +39,10 @@ TABLE = "curation"
 CODES = {None: 0, "accepted": 1, "featured": 2, "rejected": 3, "duplicate": 4, "error": 5}
 NAMES = {v: k for k, v in CODES.items()}
 OPEN_SHARDS = 16
+SNAPSHOT = "index.npz"
+SNAPSHOT_VERSION = 1
+SNAPSHOT_STALE_SHARDS = 8  # a load that reads this many shards writes a new snapshot
+COLUMNS = ("values", "score", "verdict", "manual", "when", "hashes", "hashed")
 ID_RE = re.compile(r"[0-9a-f]{32}")
 SORTS = ("newest", "score") + KEYS
 
@@ -59,7 +67,7 @@ class _Columns:
         self.hashed = np.zeros(capacity, bool)
 
     def _grow(self) -> None:
-        for name in ("values", "score", "verdict", "manual", "when", "hashes", "hashed"):
+        for name in COLUMNS:
             old = getattr(self, name)
             fill = np.nan if old.dtype.kind == "f" and name != "when" else 0
             new = np.full((old.shape[0] * 2, *old.shape[1:]), fill, old.dtype)
@@ -83,6 +91,12 @@ class _Columns:
         hashes = record.get("hashes")
         self.hashed[row] = bool(hashes)
         self.hashes[row] = (int(hashes[0], 16), int(hashes[1], 16)) if hashes else (0, 0)
+
+
+def _stamp(path: Path) -> list:
+    """What changes whenever a shard is rewritten (atomic replace: a new inode, size and time)."""
+    st = path.stat()
+    return [st.st_mtime_ns, st.st_size, st.st_ino]
 
 
 class CurationStore:
@@ -133,10 +147,54 @@ class CurationStore:
         return entry[1]
 
     def _load_index(self) -> None:
-        for path in sorted(self.folder.glob("[0-9a-f][0-9a-f].json")):
-            for image_id, record in self._shard(path.stem)[TABLE].items():
+        """The snapshot (when it matches the shards on disk), then every shard written since it was taken."""
+        stamps = {path.stem: _stamp(path) for path in sorted(self.folder.glob("[0-9a-f][0-9a-f].json"))}
+        taken = self._read_snapshot(stamps)
+        stale = [name for name, stamp in stamps.items() if taken.get(name) != stamp]
+        for name in stale:
+            for image_id, record in self._shard(name)[TABLE].items():
                 if ID_RE.fullmatch(image_id) and isinstance(record, dict):
                     self._index(image_id, record)
+        if len(stale) >= min(SNAPSHOT_STALE_SHARDS, len(stamps)) and stale:
+            self._write_snapshot(stamps)
+
+    def _read_snapshot(self, stamps: dict[str, list]) -> dict[str, list]:
+        """Load the index from the snapshot; returns the shard stamps it was taken at ({} when there is none, it
+        is unreadable, or a shard it covers is gone: then every shard is read)."""
+        path = self.folder / SNAPSHOT
+        try:
+            with np.load(path, allow_pickle=False) as snap:
+                meta = json.loads(str(snap["meta"]))
+                if meta.get("version") != SNAPSHOT_VERSION or meta.get("keys") != list(KEYS):
+                    return {}
+                if any(name not in stamps for name in meta["stamps"]):
+                    return {}
+                n = len(snap["ids"])
+                cols = _Columns(max(1024, n))
+                for name in COLUMNS:
+                    getattr(cols, name)[:n] = snap[name]
+                hexed = snap["ids"].tobytes().hex()
+                ids = [hexed[i:i + 32] for i in range(0, len(hexed), 32)]
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+            return {}
+        cols.n = n
+        self._cols, self._ids = cols, ids
+        self._row = {image_id: row for row, image_id in enumerate(ids)}
+        self._near = meta["near"]
+        return meta["stamps"]
+
+    def _write_snapshot(self, stamps: dict[str, list]) -> None:
+        """Write the index with the shard stamps it matches (temp file, fsync, rename)."""
+        n, c = self._cols.n, self._cols
+        meta = {"version": SNAPSHOT_VERSION, "keys": list(KEYS), "stamps": stamps, "near": self._near}
+        ids = np.frombuffer(b"".join(bytes.fromhex(i) for i in self._ids), np.uint8).reshape(n, 16)
+        tmp = self.folder / (SNAPSHOT + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(meta)), ids=ids,
+                     **{name: getattr(c, name)[:n] for name in COLUMNS})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.folder / SNAPSHOT)
 
     def _index(self, image_id: str, record: dict) -> None:
         row = self._row.get(image_id)
