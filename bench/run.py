@@ -7,7 +7,8 @@ Prints: studio txt2img vs raw diffusers (wall-time ratio, pixel identity), cache
 switching cost, cold start of app.py to first served page, the gallery at 1,000,000 images, importing 100k other
 tools' PNGs into the gallery, and the built-in
 model's prompt adherence on the held-out prompt set, the LoRA proof (teaching it the held-out "star"), and
-curation (scoring speed, de-dup of 10,000 hashes, blur / degradation / near-duplicate quality on real photos).
+curation (scoring speed, de-dup of 10,000 hashes, blur / degradation / near-duplicate quality on real photos),
+and upscaling (an upscaler's cold load vs cache hit, tiled vs untiled with the seam, images/s 128 -> 512).
 Beside the generation and LoRA training times: the UNet's FLOP rate as a share of this CPU's matmul peak.
 """
 
@@ -31,6 +32,7 @@ from bench.curation import bench_curation
 from bench.gallery_import import bench_gallery_import
 from bench.lora_proof import LORA_RECIPE_FLAGS, LoraProofRecipe, bench_lora
 from bench.real_size import bench_real_size
+from bench.upscale import bench_upscale
 from studio.settings import BUILTIN_MODEL_DIR, PROJECT_ROOT
 
 
@@ -232,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             ("adherence", lambda: bench_adherence(tmp / "a", 40 if args.quick else None)),
             ("lora", lambda: bench_lora(tmp / "l", recipe)),
             ("curation", lambda: bench_curation(tmp / "cu", args.quick)),
+            ("upscale", lambda: bench_upscale(tmp / "up", 128, 2 if args.quick else 5)),
         ]
         if args.real_size:
             sections.append(("real-size", lambda: bench_real_size(tmp, args.real_size_dir)))

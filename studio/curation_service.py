@@ -727,17 +727,29 @@ class CurationService:
                            "verdicts": {m: (records.get(m) or {}).get("verdict") for m in sorted(members)}})
         return groups
 
-    def export_accepted(self) -> tuple[Path, int]:
-        """Copy every accepted or featured image (duplicates and rejected left out) with its prompt as a `.txt`
-        caption into `<data>/datasets/curated-<time>/`, for the Train tab's folder input. Returns (folder, n)."""
+    def accepted_records(self) -> list[dict]:
+        """Every featured, then accepted image's record, best score first (duplicates and rejected left out).
+        StudioError when there is none."""
         ids = []
         for verdict in ("featured", "accepted"):
-            found, total = self.store.query(verdict, "score", True, 0, 10**9)
+            found, _ = self.store.query(verdict, "score", True, 0, 10**9)
             ids += found
         if not ids:
             raise StudioError("no accepted images to send: accept some first", "verdict")
-        images = [(r["id"], self.file_of(r), r.get("prompt", "")) for r in self.store.get_many(ids)]
+        return self.store.get_many(ids)
+
+    def export_accepted(self) -> tuple[Path, int]:
+        """Copy every accepted or featured image with its prompt as a `.txt` caption into
+        `<data>/datasets/curated-<time>/`, for the Train tab's folder input. Returns (folder, n)."""
+        images = [(r["id"], self.file_of(r), r.get("prompt", "")) for r in self.accepted_records()]
         return write_caption_dataset(self.data_dir, "curated", images)
+
+    def accepted_gallery_ids(self) -> tuple[list[str], int]:
+        """The gallery ids of the accepted and featured images (for the Upscale tab), best first, and how many
+        accepted images were left out because they were scored in a folder outside the gallery."""
+        records = self.accepted_records()
+        ids = [r["id"] for r in records if r.get("source") == "gallery"]
+        return ids, len(records) - len(ids)
 
     def after_generation(self, image_ids: list[str]) -> Future | None:
         """GenerationService hook: score the new images in the background when auto-curate is on."""

@@ -23,6 +23,7 @@ class Services:
     schedules: "ScheduleService" = None
     prompts: "PromptLibrary" = None
     queue: "JobQueue" = None
+    upscale: "UpscaleService" = None
 
 
 def build_services(settings: Settings) -> Services:
@@ -66,24 +67,41 @@ def build_services(settings: Settings) -> Services:
     curation = build_curation(settings, gallery, generation)
     prompts = build_prompts(settings, generation, gallery)
     schedules = build_schedules(settings, generation, curation, gallery, training, prompts)
-    queue = build_queue(settings, generation, controlnet, curation)
+    upscale = build_upscale(settings, cache, device, gallery, device_lock)
+    queue = build_queue(settings, generation, controlnet, curation, upscale)
     schedules.use_queue(queue)  # scheduled runs wait in the studio queue with everyone's jobs
     return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions, controlnet,
-                    curation, schedules, prompts=prompts, queue=queue)
+                    curation, schedules, prompts=prompts, queue=queue, upscale=upscale)
 
 
-def build_queue(settings: Settings, generation, controlnet, curation):
-    """The studio job queue (<data>/db/queue.json; queued input images under <data>/queue/) with the generation
-    and curation job kinds; the schedule service adds its kind and starts the worker with its scheduler."""
+def build_queue(settings: Settings, generation, controlnet, curation, upscale=None):
+    """The studio job queue (<data>/db/queue.json; queued input images under <data>/queue/) with the generation,
+    curation and upscale job kinds; the schedule service adds its kind and starts the worker with its scheduler."""
     from studio.curation_jobs import CurationJobs
     from studio.generation_jobs import GenerationJobs
     from studio.job_queue import JobQueue
     from studio.stores.queue_store import QueueStore
+    from studio.upscale_jobs import UpscaleJobs
 
     queue = JobQueue(QueueStore(settings.data_dir / "db" / "queue.json"), start_state=settings.queue_start)
     GenerationJobs(generation, controlnet, settings.data_dir / "queue").register(queue)
     CurationJobs(curation).register(queue)
+    if upscale is not None:
+        UpscaleJobs(upscale, settings.data_dir / "queue").register(queue)
     return queue
+
+
+def build_upscale(settings: Settings, cache, device, gallery, device_lock):
+    """The upscale service: model files from <models>/ESRGAN/, the built-in upscaler from
+    settings.builtin_upscaler_dir (listed once its weights exist), run on the studio device through the cache."""
+    from pipelines.devices import free_device_memory
+    from pipelines.registry import UPSCALER_DIR
+    from studio.paths import PathGuard
+    from studio.upscale_service import UpscaleService
+
+    return UpscaleService(cache, device, gallery, PathGuard(settings.path_roots),
+                          settings.models_root / UPSCALER_DIR, settings.builtin_upscaler_dir, settings.data_dir,
+                          device_lock, free_device_memory)
 
 
 def build_prompts(settings: Settings, generation, gallery):

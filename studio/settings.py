@@ -9,6 +9,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_MODEL_DIR = PROJECT_ROOT / "assets" / "builtin-shapes"
+BUILTIN_UPSCALER_DIR = PROJECT_ROOT / "assets" / "builtin-upscaler"
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class Settings:
     data_dir: Path = PROJECT_ROOT / "data"
     models_dir: Path | None = None  # defaults to <data_dir>/models
     builtin_model_dir: Path = BUILTIN_MODEL_DIR
+    builtin_upscaler_dir: Path = BUILTIN_UPSCALER_DIR  # the built-in upscaler's .safetensors, when trained
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False

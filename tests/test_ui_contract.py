@@ -30,6 +30,7 @@ PUBLIC_API = {
     "/wildcards_list", "/wildcards_preview", "/wildcards_save", "/history_search", "/builder_compose",
     "/seed_explore", "/seed_variations",
     "/queue_list", "/queue_move", "/queue_cancel", "/queue_pause", "/queue_resume",
+    "/upscale",
 }
 
 
@@ -48,9 +49,9 @@ def test_every_tab_module_returns_a_tab_and_the_app_knows_only_the_list(services
         with gr.Tabs():
             tabs = [module.create_tab(services) for module in app_ui.TAB_MODULES]
     assert [t.title for t in tabs] == ["Generate", "ControlNet", "Train", "Curate", "Schedule", "Queue",
-                                        "Gallery", "Prompts", "Models"]
+                                        "Upscale", "Gallery", "Prompts", "Models"]
     assert all(isinstance(t, Tab) for t in tabs)
-    assert [len(t.on_load) for t in tabs] == [0, 0, 1, 1, 3, 1, 1, 2, 2]
+    assert [len(t.on_load) for t in tabs] == [0, 0, 1, 1, 3, 1, 0, 1, 2, 2]
     source = (UI_DIR / "app_ui.py").read_text()
     for internal in ("runs_view", "refresh_all", "gallery_load", r"\bprompt\b"):
         assert not re.search(internal, source)

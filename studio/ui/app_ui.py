@@ -6,12 +6,12 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.ui import controlnet_tab, curate_tab, gallery_tab, generate_tab, models_tab, shell, train_tab
-from studio.ui import prompts_tab, queue_tab, schedule_tab
+from studio.ui import prompts_tab, queue_tab, schedule_tab, upscale_tab
 from studio.ui.common import PLUMBING
 
 # in the page's order
-TAB_MODULES = (generate_tab, controlnet_tab, train_tab, curate_tab, schedule_tab, queue_tab, gallery_tab,
-               prompts_tab, models_tab)
+TAB_MODULES = (generate_tab, controlnet_tab, train_tab, curate_tab, schedule_tab, queue_tab, upscale_tab,
+               gallery_tab, prompts_tab, models_tab)
 
 
 def build_ui(services) -> gr.Blocks:

@@ -15,6 +15,7 @@ import numpy as np
 from studio.curation.dedup import link_text
 from studio.curation.policy import KEYS, METRICS, SPECS, fmt
 from studio.curation_service import CurationRequest
+from studio.errors import StudioError
 from studio.ui.common import PLUMBING, Form, LoadEvent, Tab, session_owner, stop_jobs, stream_job, user_errors
 
 PAGE = 48
@@ -193,6 +194,7 @@ def create_tab(services) -> Tab:
         with gr.Accordion("3 · Use the accepted images", open=False):
             with gr.Row():
                 send_train = gr.Button("Send accepted to Train", elem_id="curate-send-train")
+                send_upscale = gr.Button("Send accepted to Upscale", elem_id="curate-send-upscale")
             sent = gr.Markdown()
         shown_ids = gr.State([])
         selected = gr.State(None)
@@ -370,6 +372,25 @@ def create_tab(services) -> Tab:
 
         outputs = [sent] if target is None else [sent, target, tab_row]
         send_train.click(send, None, outputs, queue=False, **PLUMBING)
+
+        upscale = tabs.get("Upscale")
+        upscale_ids = upscale.components.get("ids") if upscale is not None else None
+        if upscale_ids is None:
+            send_upscale.visible = False
+            return
+
+        @user_errors
+        def send_to_upscale():
+            ids, outside = curation.accepted_gallery_ids()
+            if not ids:
+                raise StudioError(f"none of the {outside} accepted image(s) is in the gallery (they were scored "
+                                  "in a folder): give the Upscale tab that folder instead", "verdict")
+            text = f"Sent **{len(ids)}** accepted image(s), best first, to the Upscale tab."
+            if outside:
+                text += f" {outside} accepted image(s) scored in a folder outside the gallery were left out."
+            return text, ",".join(ids), gr.Tabs(selected="upscale")
+
+        send_upscale.click(send_to_upscale, None, [sent, upscale_ids, tab_row], queue=False, **PLUMBING)
 
     return Tab("Curate",
                on_load=[LoadEvent(initial_preview, [], preview_outputs)],

@@ -159,6 +159,7 @@ def create_tab(services) -> Tab:
                     to_controlnet = gr.Button("To ControlNet", size="sm", elem_id="gallery-to-controlnet")
                 with gr.Row():
                     to_train = gr.Button("To a Train dataset", size="sm")
+                    to_upscale = gr.Button("To Upscale", size="sm", elem_id="gallery-to-upscale")
                     download = gr.DownloadButton("Download PNG", size="sm", elem_id="gallery-download")
                     trash_one = gr.Button("Move to trash", size="sm", variant="stop", elem_id="gallery-trash")
                     restore_one = gr.Button("Restore", size="sm", visible=False, elem_id="gallery-restore")
@@ -185,6 +186,7 @@ def create_tab(services) -> Tab:
                 batch_zip = gr.Button("Export as zip", size="sm")
                 batch_train = gr.Button("Add to a Train dataset", size="sm")
                 batch_curate = gr.Button("Score in Curate", size="sm")
+                batch_upscale = gr.Button("Upscale", size="sm", elem_id="gallery-batch-upscale")
             with gr.Row():
                 copy_folder = gr.Textbox(label="Copy to folder (inside the allowed folders)", max_lines=1, scale=3)
                 batch_copy = gr.Button("Copy", size="sm", scale=0, min_width=80)
@@ -574,6 +576,13 @@ def create_tab(services) -> Tab:
         if curate is not None and "ids" in curate.components:
             batch_curate.click(lambda ids: (",".join(_need(ids)), gr.Tabs(selected="curate")), selection,
                                [curate.components["ids"], tab_row], queue=False, **PLUMBING)
+        upscale = tabs.get("Upscale")
+        if upscale is not None and "ids" in upscale.components:
+            targets = [upscale.components["ids"], tab_row]
+            to_upscale.click(lambda ids, index: (_current_id(ids, index), gr.Tabs(selected="upscale")),
+                             [page_ids, current], targets, queue=False, **PLUMBING)
+            batch_upscale.click(lambda ids: (",".join(_need(ids)), gr.Tabs(selected="upscale")), selection,
+                                targets, queue=False, **PLUMBING)
 
     # the grid fills when the tab opens, with the search and filters as they were (the open image stays): an
     # on-load event into a gallery now and then never reports back in Gradio 6, leaving its overlay on the grid

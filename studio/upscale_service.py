@@ -1,0 +1,376 @@
+"""Upscale images (A1111's Extras): validate an UpscaleRequest, upscale every source (gallery ids, uploaded files,
+typed paths and folders under the allowed roots) with a resampler or a model from the model cache, optionally
+blended with a second upscaler, and save each result into the gallery with the source's prompt and parameters,
+A1111's "Postprocess upscale" infotext and its provenance. A source that is missing or unreadable is reported and
+the batch goes on; sources are never overwritten.
+
+    choices() -> [(label, name)]        validate(req) -> req        sources(req) -> [SourceRef]
+    source_file(ref) -> Path
+    upscale(req, cancel, progress, skip) -> UpscaleResult
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from pipelines.tiling import MIN_TILE as SMALLEST_TILE
+from pipelines.tiling import TilingCancelled, is_out_of_memory
+from pipelines.upscalers import (NONE, RESAMPLERS, UpscalerError, UpscalerSource, join_modes, list_upscalers,
+                                 load_upscaler, resample, split_modes, upscale_with_model)
+from studio.errors import StudioError, ValidationError, check_range
+from studio.images import load_image
+from studio.infotext import build_infotext, parse_infotext, save_png_with_infotext
+
+MAX_SCALE = 8
+MAX_SIDE = 8192  # target width / height
+MAX_OUTPUT_PIXELS = 8192 * 8192
+MIN_TILE, MAX_TILE, MAX_OVERLAP = 32, 4096, 256
+MAX_SOURCES = 10_000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+DERIVED_KEYS = ("Prompt", "Negative prompt", "Size-1", "Size-2", "Hires resize-1", "Hires resize-2")
+
+
+@dataclass
+class UpscaleRequest:
+    """What to upscale and how. Sources (any mix): `ids` gallery image ids, `images` uploaded files (paths the
+    page received, or PIL images), `paths` image files and `folder` a folder (its images, not sub-folders) under
+    the allowed roots. Size: `scale` 1..8, or `target_width` / `target_height` (0 = from the scale; one of them
+    alone keeps the aspect ratio). `upscaler_2` ("None" for none) is blended in at `upscaler_2_visibility` 0..1.
+    `tile_size` 0 chooses the tile from the device's memory."""
+
+    upscaler: str = "Lanczos"
+    scale: float = 4.0
+    target_width: int = 0
+    target_height: int = 0
+    upscaler_2: str = NONE
+    upscaler_2_visibility: float = 0.0
+    tile_size: int = 0
+    tile_overlap: int = 32
+    ids: list = field(default_factory=list)
+    images: list = field(default_factory=list)
+    paths: list = field(default_factory=list)
+    folder: str = ""
+    job_id: str = ""
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    kind: str  # "id" or "file"
+    value: str
+
+    @property
+    def label(self) -> str:
+        return self.value if self.kind == "id" else Path(self.value).name
+
+
+@dataclass
+class UpscaledImage:
+    id: str
+    path: Path
+    source: str  # the source's label (its gallery id or file name)
+    size: tuple[int, int]
+    tile_size: int  # input tile side of the model's last pass (0: a resampler, no tiles)
+    infotext: str
+    index: int = 0  # the source's place in `sources(req)`
+
+
+@dataclass
+class UpscaleResult:
+    images: list[UpscaledImage]
+    failures: list[tuple[str, str]]  # (source, why)
+    total: int
+    stopped: bool
+    seconds: float
+
+    @property
+    def message(self) -> str:
+        tiles = sorted({i.tile_size for i in self.images if i.tile_size})
+        text = f"Upscaled {len(self.images)} of {self.total} image(s) in {self.seconds:.1f} s"
+        text += f" · tile {', '.join(map(str, tiles))} px" if tiles else ""
+        text += " · stopped" if self.stopped else ""
+        if self.failures:
+            text += f" · {len(self.failures)} failed: " + "; ".join(f"{s}: {why}" for s, why in self.failures[:5])
+        return text
+
+
+@dataclass(frozen=True)
+class UpscaleProgress:
+    """What a listener hears: source `index` of `total`, and tiles `tiles_done` of `tiles_total` in it."""
+
+    tiles_done: int
+    tiles_total: int
+    label: str
+
+
+def split_ids(value) -> list[str]:
+    """Gallery ids from a list or a comma / space separated string."""
+    if isinstance(value, str):
+        return [i for i in re.split(r"[,\s]+", value) if i]
+    return [str(i).strip() for i in value or [] if str(i).strip()]
+
+
+class UpscaleService:
+    """Upscalers from <models>/ESRGAN and the built-in folder, run on the studio device through the model
+    cache; outputs saved into the gallery."""
+
+    def __init__(self, cache, device, gallery, paths, upscaler_dir: Path, builtin_dir: Path, data_dir: Path,
+                 device_lock: threading.Lock | None = None, free_memory: Callable[[], None] | None = None):
+        self.cache, self.device, self.gallery, self.paths = cache, device, gallery, paths
+        self.upscaler_dir, self.builtin_dir, self.data_dir = Path(upscaler_dir), Path(builtin_dir), Path(data_dir)
+        self.device_lock = device_lock or threading.Lock()
+        self.free_memory = free_memory
+
+    # ------------------------------------------------------------------ choices
+    def upscalers(self) -> list[UpscalerSource]:
+        return list_upscalers(self.upscaler_dir, self.builtin_dir)
+
+    def choices(self, second: bool = False) -> list[tuple[str, str]]:
+        """(label, name) for every upscaler (the models folder is listed again on every call); `second` adds
+        "None" first (for upscaler 2)."""
+        found = [(s.label, s.name) for s in self.upscalers()]
+        return [(NONE, NONE)] + found if second else found
+
+    def default_upscaler(self) -> str:
+        """The built-in upscaler when it is there, else the first model in the folder, else Lanczos."""
+        models = [s for s in self.upscalers() if s.kind != "resampler"]
+        return models[0].name if models else RESAMPLERS[0]
+
+    def _source(self, name: str, field: str) -> UpscalerSource:
+        found = {s.name: s for s in self.upscalers()}
+        if name not in found:
+            shown = ", ".join(list(found)[:12])
+            raise ValidationError(f"{field} {name!r} is not a known upscaler; choose one of: {shown} (model files "
+                                  f"go in {self.upscaler_dir})", field)
+        return found[name]
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, req: UpscaleRequest) -> UpscaleRequest:
+        """Check every field; return a normalised copy (ids parsed, paths resolved) or raise ValidationError
+        naming the field and its allowed range."""
+        self._source(req.upscaler, "upscaler")
+        second = req.upscaler_2 or NONE
+        if second != NONE:
+            self._source(second, "upscaler_2")
+        scale = check_range("scale", req.scale, 1, MAX_SCALE, float)
+        sizes = {}
+        for name in ("target_width", "target_height"):
+            value = check_range(name, getattr(req, name) or 0, 0, MAX_SIDE, int)
+            if 0 < value < 16:
+                raise ValidationError(f"{name} must be 0 (use the scale) or between 16 and {MAX_SIDE}; got {value}",
+                                      name)
+            sizes[name] = value
+        visibility = check_range("upscaler_2_visibility", req.upscaler_2_visibility, 0, 1, float)
+        tile = check_range("tile_size", req.tile_size or 0, 0, MAX_TILE, int)
+        if 0 < tile < MIN_TILE:
+            raise ValidationError(f"tile_size must be 0 (automatic) or between {MIN_TILE} and {MAX_TILE}; got {tile}",
+                                  "tile_size")
+        overlap = check_range("tile_overlap", req.tile_overlap, 0, MAX_OVERLAP, int)
+        if tile and overlap * 2 > tile:
+            raise ValidationError(f"tile_overlap must be at most half the tile size ({tile // 2}); got {overlap}",
+                                  "tile_overlap")
+        ids = split_ids(req.ids)
+        for record_id in ids:
+            if not re.fullmatch(r"[0-9a-f]{32}", record_id):
+                raise ValidationError(f"ids: {record_id!r} is not a gallery image id (32 hex characters)", "ids")
+        paths = [str(self.paths.resolve(str(p), "paths", kind="file")) for p in req.paths or []]
+        folder = str(self.paths.resolve(req.folder, "folder")) if (req.folder or "").strip() else ""
+        images = [str(i) for i in req.images or [] if isinstance(i, (str, Path))]
+        if len(images) != len(req.images or []):
+            raise ValidationError("images must be image files (paths); save an image before queueing it", "images")
+        checked = replace(req, scale=scale, upscaler_2=second, upscaler_2_visibility=visibility, tile_size=tile,
+                          tile_overlap=overlap, ids=ids, paths=paths, folder=folder, images=images, **sizes)
+        count = len(self.sources(checked))
+        if count == 0:
+            raise ValidationError("images: nothing to upscale: give gallery ids, upload images, or name a folder "
+                                  "with images", "images")
+        if count > MAX_SOURCES:
+            raise ValidationError(f"images: {count} sources; at most {MAX_SOURCES} in one batch", "images")
+        return checked
+
+    def sources(self, req: UpscaleRequest) -> list[SourceRef]:
+        """Every source of a validated request, in order: ids, uploads, paths, then the folder's images."""
+        refs = [SourceRef("id", i) for i in split_ids(req.ids)]
+        refs += [SourceRef("file", str(p)) for p in list(req.images) + list(req.paths)]
+        if req.folder and Path(req.folder).is_dir():  # a folder gone since validation has nothing to give
+            refs += [SourceRef("file", str(p)) for p in sorted(Path(req.folder).iterdir())
+                     if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        return refs
+
+    # ------------------------------------------------------------------ running
+    def target_size(self, req: UpscaleRequest, size: tuple[int, int]) -> tuple[int, int]:
+        """The output size for a source of `size`: the target (one side alone keeps the aspect), else scaled."""
+        w, h = size
+        tw, th = req.target_width, req.target_height
+        if tw and th:
+            out = (tw, th)
+        elif tw or th:
+            k = tw / w if tw else th / h
+            out = (max(1, round(w * k)), max(1, round(h * k)))
+        else:
+            out = (max(1, round(w * req.scale)), max(1, round(h * req.scale)))
+        if out[0] * out[1] > MAX_OUTPUT_PIXELS:
+            raise ValidationError(f"the output would be {out[0]}x{out[1]}; at most {MAX_OUTPUT_PIXELS:,} pixels",
+                                  "scale")
+        return out
+
+    def upscale(self, req: UpscaleRequest, cancel: threading.Event | None = None,
+                progress: Callable[[int, int, UpscaleProgress], None] | None = None,
+                skip: set[int] | frozenset = frozenset()) -> UpscaleResult:
+        """Upscale every source of `req` (source indexes in `skip` are passed over: a resumed job's done ones).
+        `progress(index, total, UpscaleProgress)` hears every tile; `cancel` stops between tiles."""
+        req = self.validate(req)
+        start = time.perf_counter()
+        refs = self.sources(req)
+        first = self._source(req.upscaler, "upscaler")
+        second = self._source(req.upscaler_2, "upscaler_2") if req.upscaler_2 != NONE and \
+            req.upscaler_2_visibility > 0 else None
+        images, failures, stopped = [], [], False
+        ids = [r.value for r in refs if r.kind == "id"]
+        with self.gallery.using(ids), self._model(first, "upscaler") as model_1, \
+                self._model(second, "upscaler_2") as model_2:
+            for index, ref in enumerate(refs):
+                if index in skip:
+                    continue
+                if cancel is not None and cancel.is_set():
+                    stopped = True
+                    break
+
+                def tiles(done, total, index=index, ref=ref):
+                    if progress is not None:
+                        progress(index, len(refs), UpscaleProgress(done, total, ref.label))
+
+                tiles(0, 0)  # a new source starts (resamplers report nothing else)
+                try:
+                    images.append(self._one(req, index, ref, (first, model_1), (second, model_2), cancel,
+                                            tiles))
+                except TilingCancelled:
+                    stopped = True
+                    break
+                except (StudioError, OSError) as exc:
+                    failures.append((ref.label, str(exc)))
+        return UpscaleResult(images, failures, len(refs), stopped, time.perf_counter() - start)
+
+    @contextmanager
+    def _model(self, source: UpscalerSource | None, field: str):
+        """The model for `source` from the cache, pinned while the context lasts (None for a resampler); a bad
+        file raises StudioError naming `field` and the file, and nothing is cached."""
+        if source is None or source.kind == "resampler":
+            yield None
+            return
+        with ExitStack() as stack:
+            try:
+                model = stack.enter_context(self.cache.use(source.cache_key(), lambda: load_upscaler(
+                    source.path, self.device.device, self.device.dtype_name)))
+            except (UpscalerError, OSError) as exc:
+                raise StudioError(str(exc), field) from None
+            yield model
+
+    def source_file(self, ref: SourceRef) -> Path | None:
+        """The file a source is read from (None for an unknown gallery id): for a before/after view."""
+        if ref.kind == "file":
+            return Path(ref.value)
+        record = self.gallery.get(ref.value)
+        return self.gallery.path_of(record) if record else None
+
+    def _open(self, ref: SourceRef) -> tuple[object, dict | None, Path]:
+        """(the image, its gallery record or None, its file)."""
+        if ref.kind == "id":
+            record = self.gallery.get(ref.value)
+            if record is None:
+                raise StudioError("no such image in the gallery", "ids")
+            if record.get("trashed"):
+                raise StudioError("the image is in the trash", "ids")
+            path = self.gallery.path_of(record)
+        else:
+            record, path = None, Path(ref.value)
+        if not path.is_file():
+            raise StudioError(f"the file {path.name} is missing", "images")
+        return load_image(path, ref.label, mode=None), record, path
+
+    def _run(self, named, image, size, req, cancel, tiles):
+        """(image at `size` by one upscaler, tile side used)."""
+        source, model = named
+        if model is None:
+            return resample(image, size, source.name), 0
+        try:
+            with self.device_lock:
+                return upscale_with_model(model, image, size, req.tile_size, req.tile_overlap, cancel, tiles,
+                                          self.free_memory)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise StudioError(f"out of device memory even with {SMALLEST_TILE}-pixel tiles; free memory (unload "
+                              "models on the Models tab) or use a smaller scale", "tile_size") from None
+
+    def _one(self, req, index, ref, first, second, cancel, tiles) -> UpscaledImage:
+        from PIL import Image
+
+        image, record, path = self._open(ref)
+        rgb, alpha, mode = split_modes(image)
+        size = self.target_size(req, rgb.size)
+        out, tile = self._run(first, rgb, size, req, cancel, tiles)
+        if second[0] is not None:
+            other, tile_2 = self._run(second, rgb, size, req, cancel, tiles)
+            out, tile = Image.blend(out, other, req.upscaler_2_visibility), tile or tile_2
+        out = join_modes(out, alpha, mode)
+        text, info = self.infotext(req, self._source_text(record, path), image.size, out.size, first[0], second[0])
+        return self._save(req, index, ref, out, record, tile, text, info)
+
+    @staticmethod
+    def infotext(req: UpscaleRequest, source_text: str, source_size: tuple[int, int], size: tuple[int, int],
+                 first: UpscalerSource, second: UpscalerSource | None) -> tuple[str, dict]:
+        """(the source's infotext with A1111's postprocess entries appended, the parsed source fields); a source
+        without parameters gets its own size first (so the line reads back as parameters)."""
+        info = parse_infotext(source_text) if source_text else {}
+        params = {k: v for k, v in info.items() if k not in DERIVED_KEYS}
+        if not params:
+            params["Size"] = f"{source_size[0]}x{source_size[1]}"
+        if req.target_width or req.target_height:
+            params["Postprocess upscale to"] = f"{size[0]}x{size[1]}"
+        else:
+            params["Postprocess upscale by"] = f"{req.scale:g}"
+        params["Postprocess upscaler"] = first.label
+        if second is not None:
+            params["Postprocess upscaler 2"] = second.label
+            params["Postprocess upscaler 2 visibility"] = f"{req.upscaler_2_visibility:g}"
+        return build_infotext(info.get("Prompt", ""), info.get("Negative prompt", ""), params), info
+
+    def _source_text(self, record: dict | None, path: Path) -> str:
+        if record is not None:
+            return (record.get("params") or {}).get("infotext", "")
+        from studio.image_metadata import read_image_metadata
+
+        try:
+            found = read_image_metadata(path, stealth=False)
+        except StudioError:
+            return ""
+        return found.infotext() if found else ""
+
+    def _save(self, req, index, ref, image, record, tile, text, info) -> UpscaledImage:
+        record_id = uuid.uuid4().hex
+        rel = Path("outputs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H%M%S')}-upscale-{record_id[:8]}.png"
+        path = self.data_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png_with_infotext(image, path, text)  # a new file: the source is never written
+        base = record or {}
+        upscale = {"upscaler": req.upscaler, "scale": req.scale, "target_width": req.target_width,
+                   "target_height": req.target_height, "upscaler_2": req.upscaler_2,
+                   "upscaler_2_visibility": req.upscaler_2_visibility, "tile_size": tile,
+                   "tile_overlap": req.tile_overlap, "source_index": index}
+        params = {**(base.get("params") or {}), "width": image.width, "height": image.height, "infotext": text,
+                  "upscale": upscale}
+        self.gallery.add({
+            "id": record_id, "path": rel.as_posix(), "prompt": base.get("prompt", info.get("Prompt", "")),
+            "negative_prompt": base.get("negative_prompt", info.get("Negative prompt", "")),
+            "params": params, "model": base.get("model", ""), "created": time.time(), "job_id": req.job_id,
+            "source": "upscale", "source_id": ref.value if ref.kind == "id" else "",
+            "source_file": "" if ref.kind == "id" else ref.label,
+        })
+        return UpscaledImage(record_id, path, ref.label, image.size, tile, text, index)
