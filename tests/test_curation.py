@@ -20,6 +20,7 @@ from studio.curation import policy as pol
 from studio.curation.dedup import group_duplicates, hash_array, image_hashes, near_between, near_pairs
 from studio.curation_service import CurationRequest, CurationService, folder_image_id
 from studio.errors import StudioError, ValidationError
+from studio.gallery_service import GalleryQuery
 
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket")
 
@@ -549,6 +550,22 @@ def test_browser_overrides_with_a_click_and_a_key_and_they_persist(served, tmp_p
             assert page.locator("#curate-grid button.thumbnail-item").count() == 2
             assert "✋" in page.inner_text("#curate-grid")
             page.screenshot(path=str(tmp_path / "curate.png"))
+
+            # Send accepted to Upscale: the accepted gallery images land in the Upscale tab, which upscales them
+            accepted = [i for i in ids if services.curation.record(i)["verdict"] in ("accepted", "featured")]
+            page.get_by_text("3 · Use the accepted images").click()
+            page.click("#curate-send-upscale")
+            page.wait_for_function("document.querySelector('#upscale-ids textarea') && "
+                                   "document.querySelector('#upscale-ids textarea').value.length > 0", timeout=20_000)
+            assert sorted(page.input_value("#upscale-ids textarea").split(",")) == sorted(accepted)
+            assert page.locator("#upscale-go").is_visible(), "the Upscale tab is open"
+            page.click("#upscale-go")
+            page.wait_for_function("document.querySelector('#upscale-status').innerText.includes('Upscaled')",
+                                   timeout=120_000)
+            assert f"Upscaled {len(accepted)} of {len(accepted)}" in page.inner_text("#upscale-status")
+            made = services.gallery.search(GalleryQuery(text="browser", page_size=50)).items
+            upscaled = [r for r, _ in made if r.get("source") == "upscale"]
+            assert sorted(r["source_id"] for r in upscaled) == sorted(accepted)
         finally:
             browser.close()
     assert not errors, errors

@@ -99,6 +99,13 @@ def test_browser_search_lightbox_arrows_and_send_to_img2img(served, made, tmp_pa
                 "document.querySelector('#prompt textarea').value.includes('number1')", timeout=30_000)
             assert page.locator("#prompt textarea").is_visible()
             page.wait_for_selector("#init-image img", timeout=30_000)
+            page.get_by_role("tab", name="Gallery").click()  # the open image goes to the Upscale tab
+            page.wait_for_function(f"{info}.includes('number1')", timeout=30_000)
+            page.click("#gallery-to-upscale")
+            page.wait_for_function("document.querySelector('#upscale-ids textarea').value.length === 32",
+                                   timeout=30_000)
+            shown = page.input_value("#upscale-ids textarea")
+            assert "number1" in services.gallery.get(shown)["prompt"] and page.locator("#upscale-go").is_visible()
         finally:
             browser.close()
     assert not errors, errors
