@@ -33,7 +33,9 @@ def report_text(run: dict) -> str:
         + "; ".join(f"`{p}`" for p in asked.get("prompts") or []),
         f"- **Made:** {len(run.get('images') or [])} · **accepted:** {len(run.get('accepted') or [])}"
         + (" · verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else "")
-        + (f" · {len(run['discarded'])} moved to the trash" if run.get("discarded") else ""),
+        + (f" · {len(run['discarded'])} moved to the trash" if run.get("discarded") else "")
+        + (f" · the best {len(run['upscaled'])} upscaled ({asked.get('upscaler')}, "
+           f"x{asked.get('upscale_scale', 0):g})" if run.get("upscaled") else ""),
     ]
     if run.get("errors"):
         lines.append("- **Errors:** " + "; ".join(run["errors"]))

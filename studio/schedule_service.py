@@ -90,6 +90,9 @@ class ScheduleRequest:
     height: int = 128
     curate: bool = False
     keep_only_accepted: bool = False
+    upscale_top: int = 0         # after curation, upscale the K best-scored accepted images (0: none)
+    upscaler: str = ""           # the Upscale tab's upscaler for them ("": its default, the built-in one if present)
+    upscale_scale: float = 2.0
     min_free_gb: float = 0       # skip when the data folder's disk has less free
     skip_while_training: bool = True
     allowed_hours: str = ""      # "" any time; "9-17" or "22-6,12-13" (local hours, end excluded)
@@ -164,8 +167,10 @@ class _Stopped(Exception):
 # ---------------------------------------------------------------------- the service
 class ScheduleService:
     def __init__(self, store, runs_store, generation, curation, gallery, data_dir: Path,
-                 training=None, timezone=None, clock: Callable[[], float] = time.time, email=None, prompts=None):
+                 training=None, timezone=None, clock: Callable[[], float] = time.time, email=None, prompts=None,
+                 upscale=None):
         self.store, self.runs_store = store, runs_store
+        self.upscale = upscale  # UpscaleService: upscales a run's best accepted images (None: not offered)
         self.prompts = prompts  # the prompt library: style presets and negative templates (None: not offered)
         self.generation, self.curation, self.gallery, self.training = generation, curation, gallery, training
         self.data_dir = Path(data_dir)
@@ -254,10 +259,49 @@ class ScheduleService:
                                  "skip_while_training": bool(req.skip_while_training)})
         if out.keep_only_accepted and not out.curate:
             raise ValidationError("keep_only_accepted needs curate on", "keep_only_accepted")
+        out = self._validate_upscale(out)
         # model, sampler, steps, size: the Generate tab's own checks (an unknown model is refused here)
         self.generation.validate(self._generation_request(out, self.templates.expand(prompts[0], 0, variables,
                                                                                       "prompts"), 0))
         return out
+
+    def _validate_upscale(self, req: ScheduleRequest) -> ScheduleRequest:
+        """Upscale top K: K in 0..images, needs curation (the best by its score), a known upscaler and a scale the
+        Upscale tab takes."""
+        top = check_range("upscale_top", req.upscale_top or 0, 0, req.images, int)
+        if not top:
+            return ScheduleRequest(**{**asdict(req), "upscale_top": 0})
+        if not req.curate:
+            raise ValidationError("upscale_top needs curate on (the best images by their curation score)",
+                                  "upscale_top")
+        if self.upscale is None:
+            raise ValidationError("upscale_top: upscaling is not available here", "upscale_top")
+        from studio.upscale_service import MAX_SCALE
+
+        upscaler = req.upscaler or self.upscale.default_upscaler()
+        names = [name for _, name in self.upscale.choices()]
+        if upscaler not in names:
+            raise ValidationError(f"upscaler {upscaler!r} is not known; choose one of: {', '.join(names)}", "upscaler")
+        scale = check_range("upscale_scale", req.upscale_scale, 1, MAX_SCALE, float)
+        return ScheduleRequest(**{**asdict(req), "upscale_top": top, "upscaler": upscaler, "upscale_scale": scale})
+
+    def _upscale_best(self, run: dict, req: ScheduleRequest, scores: dict[str, float], cancel) -> None:
+        """Upscale the run's `upscale_top` best-scored accepted images still in the gallery; their new ids go in
+        run["upscaled"], failures in its errors (the run itself still succeeds)."""
+        from studio.upscale_service import UpscaleRequest
+
+        best = sorted((i for i in run["accepted"] if i not in run["discarded"]),
+                      key=lambda i: -(scores.get(i) or 0))[:req.upscale_top]
+        if not best:
+            return
+        try:
+            result = self.upscale.upscale(UpscaleRequest(upscaler=req.upscaler, scale=req.upscale_scale, ids=best,
+                                                         job_id=run["id"]), cancel=cancel)
+        except StudioError as exc:
+            run["errors"].append(f"upscale: {exc}")
+            return
+        run["upscaled"] = [image.id for image in result.images]
+        run["errors"] += [f"upscale: {source}: {why}" for source, why in result.failures]
 
     def _generation_request(self, req: ScheduleRequest, prompt: str, seed: int, run_id: str = ""):
         from studio.generation_service import GenerationRequest
@@ -516,7 +560,7 @@ class ScheduleService:
         req = doc["request"]
         run = {"version": VERSION, "id": uuid.uuid4().hex, "schedule_id": doc["id"], "schedule_name": req["name"],
                "trigger": trigger, "status": status, "reason": "", "asked": req, "pending": [], "done": [],
-               "images": [], "accepted": [], "verdicts": {}, "discarded": [], "errors": [],
+               "images": [], "accepted": [], "verdicts": {}, "discarded": [], "upscaled": [], "errors": [],
                "created": self.clock(), "started": None, "finished": None, "seconds": 0.0, "notification": None}
         self.runs_store.insert(run)
         return run
@@ -620,6 +664,7 @@ class ScheduleService:
         then curate and finish the report. `turn` (a studio queue JobContext): between two images a person's
         waiting jobs run and a paused queue waits; its cancel stops the run."""
         segment = time.perf_counter()
+        run.setdefault("upscaled", [])  # runs recorded before upscaling was offered
         budget = req.time_budget_minutes * 60
         partial = ""
         cancel = threading.Event() if turn is None else turn.cancel
@@ -660,8 +705,10 @@ class ScheduleService:
             return  # stays "running": resumed at the next start
         if req.curate and run["images"]:
             report = self.curation.run(self._curation_request(run["images"]))
+            scores = {}
             for record in report.records:
                 run["verdicts"][record["id"]] = record.get("verdict")
+                scores[record["id"]] = record.get("score")
             run["accepted"] = [i for i in run["images"] if run["verdicts"].get(i) in ACCEPTED]
             run["errors"] += [f"curation: {e['image_path']}: {e['error']}" for e in report.errors]
             if req.keep_only_accepted:
@@ -669,11 +716,14 @@ class ScheduleService:
                     if image_id not in run["accepted"]:
                         self._discard(image_id)
                         run["discarded"].append(image_id)
+            if req.upscale_top and self.upscale is not None:
+                self._upscale_best(run, req, scores, cancel)
         if partial:
             run["errors"].append(partial)
         run["seconds"] += time.perf_counter() - segment
         run.update(status="partial" if partial else "succeeded", reason=partial, finished=self.clock())
-        self._update(run, "verdicts", "accepted", "discarded", "errors", "seconds", "status", "reason", "finished")
+        self._update(run, "verdicts", "accepted", "discarded", "upscaled", "errors", "seconds", "status", "reason",
+                     "finished")
 
     @staticmethod
     def _curation_request(ids: list[str]):

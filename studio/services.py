@@ -66,8 +66,8 @@ def build_services(settings: Settings) -> Services:
     controlnet = build_controlnet(settings, generation, cache, CONTROLNET_DIR)
     curation = build_curation(settings, gallery, generation)
     prompts = build_prompts(settings, generation, gallery)
-    schedules = build_schedules(settings, generation, curation, gallery, training, prompts)
     upscale = build_upscale(settings, cache, device, gallery, device_lock)
+    schedules = build_schedules(settings, generation, curation, gallery, training, prompts, upscale)
     queue = build_queue(settings, generation, controlnet, curation, upscale)
     schedules.use_queue(queue)  # scheduled runs wait in the studio queue with everyone's jobs
     return Services(settings, models, generation, gallery, JobRegistry(), training, device_lock, captions, controlnet,
@@ -114,7 +114,7 @@ def build_prompts(settings: Settings, generation, gallery):
     return prompts
 
 
-def build_schedules(settings: Settings, generation, curation, gallery, training, prompts=None):
+def build_schedules(settings: Settings, generation, curation, gallery, training, prompts=None, upscale=None):
     """The schedule service: schedules and run reports in <data>/db/, contact sheets in <data>/reports/, SMTP
     settings for e-mailed reports in <data>/db/ (`services.schedules.email`); its scheduler is started by the app
     (`services.schedules.start()`), not here."""
@@ -125,7 +125,8 @@ def build_schedules(settings: Settings, generation, curation, gallery, training,
     db = settings.data_dir / "db"
     email = EmailNotifier(JsonStore(db / "email_settings.json"), db / "smtp_password")
     return ScheduleService(JsonStore(db / "schedules.json"), JsonStore(db / "schedule_runs.json"), generation,
-                           curation, gallery, settings.data_dir, training, email=email, prompts=prompts)
+                           curation, gallery, settings.data_dir, training, email=email, prompts=prompts,
+                           upscale=upscale)
 
 
 def build_curation(settings: Settings, gallery, generation):

@@ -332,3 +332,40 @@ def test_saving_through_the_api_warns_of_a_conflict_and_serves_the_dashboard(ser
     for view in services.schedules.list():
         if view["name"] in ("api first", "api second"):
             services.schedules.delete(view["id"])
+
+
+# ---------------------------------------------------------------------- upscale the best
+def test_a_run_upscales_its_best_accepted_images(services, schedules):
+    saved = schedules.save(request(curate=True, images=3, upscale_top=2, upscaler="Lanczos", upscale_scale=2))
+    assert saved["request"]["upscale_top"] == 2 and saved["request"]["upscaler"] == "Lanczos"
+    from studio.curation.policy import KEYS
+
+    lenient = services.curation.make_policy(threshold=0, limits={k: None for k in KEYS})
+    lenient.dedup_radius = 0  # the tiny model's noise images: every one accepted, so the best K are upscaled
+    services.curation.apply(lenient)
+    run = schedules.run_once(saved["id"])
+    accepted = run["accepted"]
+    assert len(accepted) == 3, run["verdicts"]
+    scores = {i: services.curation.record(i)["score"] for i in accepted}
+    best = sorted(accepted, key=lambda i: -scores[i])[:2]
+    assert len(run["upscaled"]) == len(best)
+    made = {services.gallery.get(i)["source_id"]: services.gallery.get(i) for i in run["upscaled"]}
+    assert sorted(made) == sorted(best)
+    for image_id, record in made.items():
+        source = Image.open(services.gallery.path_of(services.gallery.get(image_id))).size
+        assert Image.open(services.gallery.path_of(record)).size == (2 * source[0], 2 * source[1])
+        infotext = services.generation.infotext_of(str(services.gallery.path_of(record)))
+        assert "Postprocess upscaler: Lanczos" in infotext
+    assert f"the best {len(run['upscaled'])} upscaled (Lanczos, x2)" in report_text(run)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(upscale_top=2), "upscale_top"),  # without curation
+    (dict(curate=True, upscale_top=9, images=3), "upscale_top"),
+    (dict(curate=True, upscale_top=1, upscaler="no-such-model"), "upscaler"),
+    (dict(curate=True, upscale_top=1, upscale_scale=20), "upscale_scale"),
+])
+def test_upscale_settings_are_checked_naming_the_field(schedules, overrides, field):
+    with pytest.raises(ValidationError) as caught:
+        schedules.save(request(**overrides))
+    assert caught.value.field == field

@@ -100,6 +100,12 @@ def create_tab(services) -> Tab:
                     curate = gr.Checkbox(False, label="Curate after")
                     keep = gr.Checkbox(False, label="Keep only accepted")
                     training = gr.Checkbox(True, label="Skip while a training runs")
+                upscalers = services.upscale.choices() if services.upscale is not None else []
+                with gr.Row(visible=bool(upscalers)):
+                    upscale_top = gr.Slider(0, 100, value=0, step=1, label="Upscale the best K accepted (0 = none)",
+                                            info="needs Curate after", elem_id="schedule-upscale-top")
+                    upscaler = gr.Dropdown([("Upscale tab's default", "")] + upscalers, value="", label="Upscaler")
+                    upscale_scale = gr.Slider(1, 8, value=2, step=0.5, label="Upscale by")
                 with gr.Accordion("Conditions and notifications", open=False):
                     with gr.Row():
                         min_free = gr.Number(0, label="Min free disk (GB)", minimum=0)
@@ -142,7 +148,8 @@ def create_tab(services) -> Tab:
     form = Form(name=name, cron=cron, interval_minutes=interval, model=model, prompts=prompts, variables=variables,
                 negative_prompt=negative, styles=styles, negative_template=negative_template, images=images, seed=seed,
                 sampler=sampler, steps=steps, width=width,
-                height=height, curate=curate, keep_only_accepted=keep, skip_while_training=training,
+                height=height, curate=curate, keep_only_accepted=keep, upscale_top=upscale_top, upscaler=upscaler,
+                upscale_scale=upscale_scale, skip_while_training=training,
                 min_free_gb=min_free, allowed_hours=hours, time_budget_minutes=budget, webhook_url=webhook,
                 webhook_format=hook_format, notify_on=notify, email_on=email_on, id=schedule_id)
 
@@ -198,13 +205,10 @@ def create_tab(services) -> Tab:
 
     @user_errors
     def on_edit(schedule_id: str):
+        """The form filled with a saved schedule (prompts one per line, variables as `name: a, b` lines)."""
         req = schedules.get(schedule_id)
-        return (req.name, req.cron, req.interval_minutes, req.model, "\n".join(req.prompts),
-                variables_text(req.variables), req.negative_prompt, req.styles, req.negative_template, req.images,
-                req.seed, req.sampler, req.steps,
-                req.width, req.height, req.curate, req.keep_only_accepted, req.skip_while_training, req.min_free_gb,
-                req.allowed_hours, req.time_budget_minutes, req.webhook_url, req.webhook_format, req.notify_on,
-                req.email_on, req.id)
+        shown = {"prompts": "\n".join(req.prompts), "variables": variables_text(req.variables)}
+        return tuple(shown.get(name, getattr(req, name)) for name in form.names)
 
     @user_errors
     def on_run_pick(run_id):
