@@ -409,6 +409,14 @@ def test_browser_sends_an_output_previews_its_map_and_generates_with_controlnet(
         page.wait_for_selector("#cn-unit1-image img", timeout=30_000)
         assert page.get_by_role("tab", name="ControlNet").get_attribute("aria-selected") == "true"
         assert page.input_value("#cn-prompt textarea") == "a green square"
+        # ... and to the Upscale tab, which upscales it into the gallery
+        page.get_by_role("tab", name="Generate").click()
+        page.click("#send-to-upscale")
+        page.wait_for_selector("#upscale-image img", timeout=30_000)
+        page.click("#upscale-go")
+        page.wait_for_function("document.querySelector('#upscale-status').innerText.includes('Upscaled 1 of 1')",
+                               timeout=120_000)
+        page.get_by_role("tab", name="ControlNet").click()
         # an upload replaces it; its map is previewed
         page.locator("#cn-unit1-image input[type=file]").set_input_files(str(upload))
         page.wait_for_timeout(1000)

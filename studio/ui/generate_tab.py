@@ -126,7 +126,9 @@ def create_tab(services) -> Tab:
                                      interactive=False, preview=False, object_fit="contain")
                 info = gr.Textbox(label="Parameters (A1111 infotext)", lines=4, interactive=False,
                                   elem_id="output-info")
-                send_controlnet = gr.Button("Send to ControlNet", size="sm", elem_id="send-to-controlnet")
+                with gr.Row():
+                    send_controlnet = gr.Button("Send to ControlNet", size="sm", elem_id="send-to-controlnet")
+                    send_upscale = gr.Button("Send to Upscale", size="sm", elem_id="send-to-upscale")
                 chosen = gr.State(None)  # the output picked in the gallery (else its first image is sent)
 
     form = Form(model=model, mode=mode, prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps,
@@ -208,21 +210,28 @@ def create_tab(services) -> Tab:
     gallery.select(on_pick, gallery, chosen, queue=False, **PLUMBING)
     gallery.change(lambda items: None, gallery, chosen, queue=False, **PLUMBING)
 
+    def picked_output(picked, items, where: str) -> str:
+        path = picked or (items[0][0] if items else None)
+        if not path:
+            raise gr.Error(f"Generate an image first, then send it to {where}.")
+        return path
+
     def connect(tabs: dict, tab_row) -> None:
-        """Send to ControlNet: the picked output (or the first) becomes unit 1's control image, with the prompt."""
+        """Send to ControlNet: the picked output (or the first) becomes unit 1's control image, with the prompt.
+        Send to Upscale: it becomes the Upscale tab's single image (its gallery-ids box is cleared)."""
         target = tabs.get("ControlNet")
-        if target is None:
-            return
-
-        def send(picked, items, text):
-            path = picked or (items[0][0] if items else None)
-            if not path:
-                raise gr.Error("Generate an image first, then send it to ControlNet.")
-            return path, text, gr.Tabs(selected="controlnet")
-
-        send_controlnet.click(send, [chosen, gallery, prompt],
-                              [target.components["control_image"], target.components["prompt"], tab_row],
-                              queue=False, **PLUMBING)
+        if target is not None:
+            send_controlnet.click(
+                lambda picked, items, text: (picked_output(picked, items, "ControlNet"), text,
+                                             gr.Tabs(selected="controlnet")),
+                [chosen, gallery, prompt], [target.components["control_image"], target.components["prompt"], tab_row],
+                queue=False, **PLUMBING)
+        upscale = tabs.get("Upscale")
+        if upscale is not None:
+            send_upscale.click(
+                lambda picked, items: (picked_output(picked, items, "Upscale"), "", gr.Tabs(selected="upscale")),
+                [chosen, gallery], [upscale.components["image"], upscale.components["ids"], tab_row],
+                queue=False, **PLUMBING)
 
     return Tab("Generate", components={"prompt": prompt, "negative_prompt": negative, "model": model,
                                        "init_image": init_image, "mode": mode, "seed": seed, "styles": styles,

@@ -122,7 +122,7 @@ def create_tab(services) -> Tab:
 
     refresh.click(on_refresh, [upscaler, upscaler_2], [upscaler, upscaler_2], queue=False, **PLUMBING)
 
-    return Tab("Upscale", components={"ids": ids}, api={"upscale": _api(services)})
+    return Tab("Upscale", components={"ids": ids, "image": image}, api={"upscale": _api(services)})
 
 
 def _api(services):
