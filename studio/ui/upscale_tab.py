@@ -35,8 +35,9 @@ def create_tab(services) -> Tab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=320):
                 ids = gr.Textbox(label="Gallery images", elem_id="upscale-ids", lines=1,
-                                 placeholder="comma-separated gallery image ids (Curate and Gallery send theirs here)",
-                                 info="When set, these are upscaled (the uploads and folder below are not).")
+                                 placeholder="image ids, comma-separated",
+                                 info="Sent here by Generate, Gallery and Curate. When set, these are upscaled "
+                                      "(the upload, batch and folder below are not).")
                 with gr.Tabs():
                     with gr.Tab("Single image"):
                         image = gr.Image(label="Image (upload or paste)", type="filepath", image_mode=None,
