@@ -36,7 +36,7 @@ def create_tab(services) -> Tab:
             with gr.Column(scale=5, min_width=320):
                 ids = gr.Textbox(label="Gallery images", elem_id="upscale-ids", lines=1,
                                  placeholder="image ids, comma-separated",
-                                 info="Sent here by Generate, Gallery and Curate. When set, these are upscaled "
+                                 info="Sent here by the Gallery and Curate. When set, these are upscaled "
                                       "(the upload, batch and folder below are not).")
                 with gr.Tabs():
                     with gr.Tab("Single image"):
