@@ -197,6 +197,10 @@ class GenerationService:
         if out.mode == "txt2img" and self.models.is_inpainting_model(out.model):
             out = self._as_full_inpaint(out)
         task = TASKS[out.mode]
+        if task.needs_init_image and int(out.steps * out.strength) < 1:  # diffusers would run no step at all
+            raise ValidationError(f"strength x steps must reach 1 step (img2img runs that share of the steps); got "
+                                  f"{out.strength:g} x {out.steps} = {out.steps * out.strength:g}: raise either",
+                                  "strength")
         if task.needs_init_image:
             init = load_image(out.init_image, "init_image")
             out = replace(out, init_image=init.resize((width, height)) if init.size != (width, height) else init)
@@ -315,13 +319,14 @@ class GenerationService:
 
     def generate(self, req: GenerationRequest, cancel: threading.Event | None = None,
                  on_progress: ProgressFn | None = None, preview_every: int = 5, control=None, skip: int = 0,
-                 on_saved: Callable[[int, SavedImage], object] | None = None) -> GenerationResult:
+                 on_saved: Callable[[int, SavedImage], object] | None = None, save: bool = True) -> GenerationResult:
         """Validate, then run batch_count batches of batch_size images; Stop keeps finished batches.
 
         `control` (studio.controlnet_service.ControlPlan) runs the job on a ControlNet pipeline: it gives the
         pipeline, adds its units to every call and its "ControlNet N" entries to the infotext. `skip` starts at
         image `skip` (an interrupted run of the same job made the ones before, same seeds); `on_saved(index,
-        image)` is called as each image is saved (the studio queue records its progress)."""
+        image)` is called as each image is saved (the studio queue records its progress). `save` False keeps the
+        pictures in memory only (no file, no gallery record, no after-save hooks): see `img2img_picture`."""
         req = self.validate(req)
         cancel = cancel or threading.Event()
         job_id = req.job_id or uuid.uuid4().hex
@@ -381,18 +386,26 @@ class GenerationService:
                                               step if on_progress else None, preview_every)
                         for image, seed, variation, index in zip(images, seeds,
                                                                  variation_seeds or [None] * len(seeds), indices):
-                            saved.append(self._save(req, image, seed, model_hash, job_id,
-                                                    {**extras, "Variation seed": variation}))
+                            extra = {**extras, "Variation seed": variation}
+                            saved.append(self._save(req, image, seed, model_hash, job_id, extra) if save else
+                                         SavedImage("", None, seed, self.infotext(req, seed, model_hash, extra),
+                                                    image, variation))
                             if on_saved is not None:
                                 on_saved(index, saved[-1])
             finally:
                 pipe.scheduler, pipe.vae = original_scheduler, original_vae
                 if req.loras:
                     pipe.unload_lora_weights()
-        for hook in self.after_save:  # e.g. auto-curation, which runs in the background
+        for hook in self.after_save if save else ():  # e.g. auto-curation, which runs in the background
             hook([image.id for image in saved])
         return GenerationResult(saved, total, cancel.is_set() and len(saved) < total - skip, job_id,
                                 time.perf_counter() - start)
+
+    def img2img_picture(self, req: GenerationRequest, cancel: threading.Event | None = None):
+        """img2img of `req.init_image` at the request's size, one picture returned as a PIL image and not saved
+        (a pass over the tiles of an upscaled picture); None when `cancel` stopped it."""
+        result = self.generate(replace(req, mode="img2img", batch_count=1, batch_size=1), cancel, save=False)
+        return result.images[0].image if result.images else None
 
     def infotext(self, req: GenerationRequest, seed: int, model_hash: str, extras: dict | None = None) -> str:
         """A1111 infotext; `extras` adds a job's "VAE hash" / "VAE" (after the model, as A1111 orders them) and

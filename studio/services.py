@@ -66,7 +66,7 @@ def build_services(settings: Settings) -> Services:
     controlnet = build_controlnet(settings, generation, cache, CONTROLNET_DIR)
     curation = build_curation(settings, gallery, generation)
     prompts = build_prompts(settings, generation, gallery)
-    upscale = build_upscale(settings, cache, device, gallery, device_lock)
+    upscale = build_upscale(settings, cache, device, gallery, device_lock, generation)
     schedules = build_schedules(settings, generation, curation, gallery, training, prompts, upscale)
     queue = build_queue(settings, generation, controlnet, curation, upscale)
     schedules.use_queue(queue)  # scheduled runs wait in the studio queue with everyone's jobs
@@ -91,9 +91,10 @@ def build_queue(settings: Settings, generation, controlnet, curation, upscale=No
     return queue
 
 
-def build_upscale(settings: Settings, cache, device, gallery, device_lock):
+def build_upscale(settings: Settings, cache, device, gallery, device_lock, generation=None):
     """The upscale service: model files from <models>/ESRGAN/, the built-in upscaler from
-    settings.builtin_upscaler_dir (listed once its weights exist), run on the studio device through the cache."""
+    settings.builtin_upscaler_dir (listed once its weights exist), run on the studio device through the cache; the
+    refine pass (SD upscale) runs img2img through the generation service."""
     from pipelines.devices import free_device_memory
     from pipelines.registry import UPSCALER_DIR
     from studio.paths import PathGuard
@@ -101,7 +102,7 @@ def build_upscale(settings: Settings, cache, device, gallery, device_lock):
 
     return UpscaleService(cache, device, gallery, PathGuard(settings.path_roots),
                           settings.models_root / UPSCALER_DIR, settings.builtin_upscaler_dir, settings.data_dir,
-                          device_lock, free_device_memory)
+                          device_lock, free_device_memory, generation, settings.model)
 
 
 def build_prompts(settings: Settings, generation, gallery):

@@ -43,7 +43,8 @@ class UpscaleRequest:
     page received, or PIL images), `paths` image files and `folder` a folder (its images, not sub-folders) under
     the allowed roots. Size: `scale` 1..8, or `target_width` / `target_height` (0 = from the scale; one of them
     alone keeps the aspect ratio). `upscaler_2` ("None" for none) is blended in at `upscaler_2_visibility` 0..1.
-    `tile_size` 0 chooses the tile from the device's memory."""
+    `tile_size` 0 chooses the tile from the device's memory. `refine_strength` > 0 then runs img2img over the result
+    in overlapping tiles of the refine model's own size (its prompt, model, steps and seed: `refine_*`)."""
 
     upscaler: str = "Lanczos"
     scale: float = 4.0
@@ -58,6 +59,13 @@ class UpscaleRequest:
     paths: list = field(default_factory=list)
     folder: str = ""
     job_id: str = ""
+    # refine with the diffusion model (A1111's SD upscale): img2img over the upscaled picture in tiles of the
+    # model's own size; strength 0 = off
+    refine_strength: float = 0.0
+    refine_prompt: str = ""   # "": the source's prompt
+    refine_model: str = ""    # "": the source's model (else the studio's default one)
+    refine_steps: int = 20
+    refine_seed: int = -1
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,29 @@ class UpscaleProgress:
     label: str
 
 
+def refine_in_tiles(generation, image, req, tile: int, cancel=None, tiles=None):
+    """img2img of `image` (RGB) with `req` (a GenerationRequest: prompt, model, steps, seed, strength) in tiles of
+    `tile` px overlapping by a quarter tile, through pipelines.tiling (the upscalers' ramp blending); a tile whose
+    side is not a multiple of 8 (or under 64) runs resized. TilingCancelled when `cancel` stops it."""
+    from PIL import Image
+
+    from pipelines.tiling import tiled_upscale
+    from pipelines.upscalers import to_image, to_tensor
+
+    def run(batch):
+        picture = to_image(batch)
+        w, h = picture.size
+        size = (max(64, -(-w // 8) * 8), max(64, -(-h // 8) * 8))
+        done = generation.img2img_picture(replace(req, init_image=picture.resize(size, Image.LANCZOS),
+                                                  width=size[0], height=size[1]), cancel)
+        if done is None:
+            raise TilingCancelled()
+        return to_tensor(done.resize((w, h), Image.LANCZOS) if done.size != (w, h) else done)
+
+    out = tiled_upscale(run, to_tensor(image), 1, tile, max(8, tile // 4), cancel, tiles)
+    return to_image(out.image)
+
+
 def split_ids(value) -> list[str]:
     """Gallery ids from a list or a comma / space separated string."""
     if isinstance(value, str):
@@ -121,8 +152,11 @@ class UpscaleService:
     cache; outputs saved into the gallery."""
 
     def __init__(self, cache, device, gallery, paths, upscaler_dir: Path, builtin_dir: Path, data_dir: Path,
-                 device_lock: threading.Lock | None = None, free_memory: Callable[[], None] | None = None):
+                 device_lock: threading.Lock | None = None, free_memory: Callable[[], None] | None = None,
+                 generation=None, default_model: str = ""):
         self.cache, self.device, self.gallery, self.paths = cache, device, gallery, paths
+        self.generation = generation  # GenerationService: the refine pass (None: not offered)
+        self.default_model = default_model  # the refine pass's model for a source whose own model is unknown
         self.upscaler_dir, self.builtin_dir, self.data_dir = Path(upscaler_dir), Path(builtin_dir), Path(data_dir)
         self.device_lock = device_lock or threading.Lock()
         self.free_memory = free_memory
@@ -185,7 +219,8 @@ class UpscaleService:
         if len(images) != len(req.images or []):
             raise ValidationError("images must be image files (paths); save an image before queueing it", "images")
         checked = replace(req, scale=scale, upscaler_2=second, upscaler_2_visibility=visibility, tile_size=tile,
-                          tile_overlap=overlap, ids=ids, paths=paths, folder=folder, images=images, **sizes)
+                          tile_overlap=overlap, ids=ids, paths=paths, folder=folder, images=images, **sizes,
+                          **self._validate_refine(req))
         count = len(self.sources(checked))
         if count == 0:
             raise ValidationError("images: nothing to upscale: give gallery ids, upload images, or name a folder "
@@ -193,6 +228,39 @@ class UpscaleService:
         if count > MAX_SOURCES:
             raise ValidationError(f"images: {count} sources; at most {MAX_SOURCES} in one batch", "images")
         return checked
+
+    def _validate_refine(self, req: UpscaleRequest) -> dict:
+        """The refine fields checked: strength 0..1 (0: off), steps 1..150, seed -1..2^32-1, a known model."""
+        strength = check_range("refine_strength", req.refine_strength or 0, 0, 1, float)
+        if not strength:
+            return {"refine_strength": 0.0}
+        if self.generation is None:
+            raise ValidationError("refine_strength: refining with a diffusion model is not available here",
+                                  "refine_strength")
+        model = (req.refine_model or "").strip()
+        if model and not self._known_model(model):
+            raise ValidationError(f"refine_model {model!r} is not a model the studio has (see the Model list)",
+                                  "refine_model")
+        prompt = (req.refine_prompt or "").strip()
+        if len(prompt) > 4000:
+            raise ValidationError(f"refine_prompt is {len(prompt)} characters; at most 4000", "refine_prompt")
+        steps = check_range("refine_steps", req.refine_steps, 1, 150, int)
+        if int(steps * strength) < 1:
+            raise ValidationError(f"refine_strength x refine_steps must reach 1 step; got {strength:g} x {steps}: "
+                                  "raise either", "refine_strength")
+        return {"refine_strength": strength, "refine_model": model, "refine_prompt": prompt, "refine_steps": steps,
+                "refine_seed": check_range("refine_seed", -1 if req.refine_seed is None else req.refine_seed,
+                                           -1, 2**32 - 1, int)}
+
+    def _known_model(self, model: str | None) -> str:
+        """`model` when the studio can load it, else ""."""
+        if not model:
+            return ""
+        try:
+            self.generation.models.native_size(model)
+        except Exception:  # noqa: BLE001 - an unknown or removed model
+            return ""
+        return model
 
     def sources(self, req: UpscaleRequest) -> list[SourceRef]:
         """Every source of a validated request, in order: ids, uploads, paths, then the folder's images."""
@@ -319,13 +387,40 @@ class UpscaleService:
         if second[0] is not None:
             other, tile_2 = self._run(second, rgb, size, req, cancel, tiles)
             out, tile = Image.blend(out, other, req.upscaler_2_visibility), tile or tile_2
+        source_text = self._source_text(record, path)
+        refined = {}
+        if req.refine_strength:
+            out, refined = self._refine(out, req, record, parse_infotext(source_text) if source_text else {},
+                                        cancel, tiles)
         out = join_modes(out, alpha, mode)
-        text, info = self.infotext(req, self._source_text(record, path), image.size, out.size, first[0], second[0])
-        return self._save(req, index, ref, out, record, tile, text, info)
+        text, info = self.infotext(req, source_text, image.size, out.size, first[0], second[0], refined)
+        return self._save(req, index, ref, out, record, tile, text, info, refined)
+
+    def _refine(self, image, req: UpscaleRequest, record: dict | None, info: dict, cancel, tiles):
+        """A1111's SD upscale: img2img over `image` in tiles of the model's own size overlapping by a quarter of
+        it, blended with the tiling ramp. Returns (refined image, what was used: model, prompt, seed, tile...)."""
+        import random
+
+        from studio.generation_service import GenerationRequest
+
+        base = record or {}
+        prompt = req.refine_prompt or base.get("prompt") or info.get("Prompt", "")
+        if not prompt.strip():
+            raise ValidationError("refine_prompt: the source has no prompt; write one to refine with", "refine_prompt")
+        model = req.refine_model or self._known_model(base.get("model")) or self.default_model
+        tile = self.generation.models.native_size(model)
+        seed = req.refine_seed if req.refine_seed >= 0 else random.randrange(2**32)
+        negative = base.get("negative_prompt") or info.get("Negative prompt", "")
+        refined = refine_in_tiles(self.generation, image, GenerationRequest(
+            prompt=prompt, negative_prompt=negative, model=model, steps=req.refine_steps, seed=seed,
+            strength=req.refine_strength), tile, cancel, tiles)
+        return refined, {"model": model, "prompt": prompt, "seed": seed, "tile": tile,
+                         "strength": req.refine_strength, "steps": req.refine_steps}
 
     @staticmethod
     def infotext(req: UpscaleRequest, source_text: str, source_size: tuple[int, int], size: tuple[int, int],
-                 first: UpscalerSource, second: UpscalerSource | None) -> tuple[str, dict]:
+                 first: UpscalerSource, second: UpscalerSource | None,
+                 refined: dict | None = None) -> tuple[str, dict]:
         """(the source's infotext with A1111's postprocess entries appended, the parsed source fields); a source
         without parameters gets its own size first (so the line reads back as parameters)."""
         info = parse_infotext(source_text) if source_text else {}
@@ -340,6 +435,10 @@ class UpscaleService:
         if second is not None:
             params["Postprocess upscaler 2"] = second.label
             params["Postprocess upscaler 2 visibility"] = f"{req.upscaler_2_visibility:g}"
+        if refined:
+            params.update({"SD upscale strength": f"{refined['strength']:g}", "SD upscale model": refined["model"],
+                           "SD upscale steps": refined["steps"], "SD upscale seed": refined["seed"],
+                           "SD upscale tile": refined["tile"]})
         return build_infotext(info.get("Prompt", ""), info.get("Negative prompt", ""), params), info
 
     def _source_text(self, record: dict | None, path: Path) -> str:
@@ -353,7 +452,7 @@ class UpscaleService:
             return ""
         return found.infotext() if found else ""
 
-    def _save(self, req, index, ref, image, record, tile, text, info) -> UpscaledImage:
+    def _save(self, req, index, ref, image, record, tile, text, info, refined=None) -> UpscaledImage:
         record_id = uuid.uuid4().hex
         rel = Path("outputs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H%M%S')}-upscale-{record_id[:8]}.png"
         path = self.data_dir / rel
@@ -363,7 +462,7 @@ class UpscaleService:
         upscale = {"upscaler": req.upscaler, "scale": req.scale, "target_width": req.target_width,
                    "target_height": req.target_height, "upscaler_2": req.upscaler_2,
                    "upscaler_2_visibility": req.upscaler_2_visibility, "tile_size": tile,
-                   "tile_overlap": req.tile_overlap, "source_index": index}
+                   "tile_overlap": req.tile_overlap, "source_index": index, "refine": refined or None}
         params = {**(base.get("params") or {}), "width": image.width, "height": image.height, "infotext": text,
                   "upscale": upscale}
         self.gallery.add({

@@ -109,6 +109,7 @@ BAD = [
     ({"model": "local:../../etc/passwd"}, "model"), ({"model": "no/such-model"}, "model"),
     ({"model": "local:missing"}, "model"), ({"mode": "img2img"}, "init_image"),
     ({"mode": "img2img", "init_image": b"not an image"}, "init_image"),
+    ({"mode": "img2img", "init_image": Image.new("RGB", (64, 64)), "steps": 4, "strength": 0.2}, "strength"),
     ({"mode": "inpaint", "init_image": Image.new("RGB", (64, 64)), "mask_image": Image.new("L", (32, 32), 255)},
      "mask_image"),
 ]

@@ -352,3 +352,68 @@ def test_the_benchmark_section_prints_its_numbers(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("cold load", "cache hit", "tiled", "seam", "images/s", "tile size from budget"):
         assert name in out
+
+
+# ---------------------------------------------------------------------- refine with the diffusion model
+def test_refine_runs_img2img_over_the_upscaled_image_and_saves_only_the_result(services):
+    from studio.gallery_service import GalleryQuery
+    from tests.conftest import TINY_MODEL_ID
+
+    source = gallery_image(services, size=(40, 32))
+    req = UpscaleRequest(upscaler="Lanczos", scale=2, ids=[source], refine_strength=0.5, refine_model=TINY_MODEL_ID,
+                         refine_steps=2, refine_seed=5)
+    before = services.gallery.search(GalleryQuery(page_size=100)).total
+    first = services.upscale.upscale(req)
+    again = services.upscale.upscale(req)
+    plain = services.upscale.upscale(UpscaleRequest(upscaler="Lanczos", scale=2, ids=[source]))
+    assert services.gallery.search(GalleryQuery(page_size=100)).total == before + 3, "no record per tile"
+    pixels = [np.asarray(Image.open(r.images[0].path), dtype=int) for r in (first, again, plain)]
+    assert pixels[0].shape == (64, 80, 3)
+    assert (pixels[0] == pixels[1]).all(), "the same seed refines the same way"
+    assert np.abs(pixels[0] - pixels[2]).mean() > 5, "the refine pass changed the picture"
+    info = parse_infotext(first.images[0].infotext)
+    assert info["SD upscale strength"] == "0.5" and info["SD upscale model"] == TINY_MODEL_ID
+    assert info["SD upscale seed"] == "5" and info["Prompt"] == "a red circle"
+    assert services.gallery.get(first.images[0].id)["params"]["upscale"]["refine"]["tile"] == 512
+
+
+def test_refine_tiles_overlap_and_cover_the_image(services):
+    from studio.generation_service import GenerationRequest
+    from studio.upscale_service import refine_in_tiles
+    from tests.conftest import TINY_MODEL_ID
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    seen = []
+    out = refine_in_tiles(services.generation, image, GenerationRequest(
+        prompt="a square", model=TINY_MODEL_ID, steps=4, seed=1, strength=0.3), 64, None,
+        lambda done, total: seen.append((done, total)))
+    assert out.size == image.size and seen[-1] == (6, 6), seen  # 3 x 2 tiles of 64 px overlapping by 16
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(TilingCancelled):
+        refine_in_tiles(services.generation, image, GenerationRequest(prompt="a square", model=TINY_MODEL_ID,
+                                                                      steps=4, strength=0.3), 64, cancel)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(refine_strength=1.5), "refine_strength"),
+    (dict(refine_strength=0.3, refine_model="no-such-model"), "refine_model"),
+    (dict(refine_strength=0.3, refine_steps=0), "refine_steps"),
+    (dict(refine_strength=0.3, refine_seed=-2), "refine_seed"),
+    (dict(refine_strength=0.3, refine_steps=3, refine_model="local:tiny-sd"), "refine_strength"),  # 0.9: no step
+])
+def test_refine_settings_are_checked_naming_the_field(services, change, field):
+    source = gallery_image(services)
+    with pytest.raises(ValidationError) as error:
+        services.upscale.validate(UpscaleRequest(ids=[source], **change))
+    assert error.value.field == field
+
+
+def test_a_source_without_a_prompt_is_reported_and_the_batch_goes_on(services):
+    from tests.conftest import TINY_MODEL_ID
+
+    bare, named = gallery_image(services, prompt=""), gallery_image(services, size=(32, 32))
+    result = services.upscale.upscale(UpscaleRequest(upscaler="Lanczos", scale=2, ids=[bare, named],
+                                                     refine_strength=0.5, refine_model=TINY_MODEL_ID, refine_steps=2))
+    assert [i.source for i in result.images] == [named]
+    assert result.failures and "refine_prompt" in result.failures[0][1]

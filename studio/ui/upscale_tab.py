@@ -14,7 +14,8 @@ from studio.upscale_service import NONE, UpscaleRequest, split_ids
 from studio.ui.common import ON_QUEUE, PLUMBING, Form, Tab, session_owner, stop_jobs, stream_job, user_errors
 
 SETTINGS = ("upscaler", "scale", "target_width", "target_height", "upscaler_2", "upscaler_2_visibility",
-            "tile_size", "tile_overlap")
+            "tile_size", "tile_overlap", "refine_strength", "refine_prompt", "refine_model", "refine_steps",
+            "refine_seed")
 
 
 def request_from_form(values: dict) -> UpscaleRequest:
@@ -65,6 +66,18 @@ def create_tab(services) -> Tab:
                 with gr.Accordion("Tiles", open=False):
                     tile_size = gr.Slider(0, 4096, value=0, step=8, label="Tile size (0 = from the device's memory)")
                     tile_overlap = gr.Slider(0, 256, value=32, step=4, label="Tile overlap (px)")
+                with gr.Accordion("Refine with the diffusion model (SD upscale)", open=False,
+                                  visible=upscale.generation is not None, elem_id="upscale-refine"):
+                    refine_strength = gr.Slider(0, 1, value=0, step=0.05, label="Denoising strength (0 = off)",
+                                                info="img2img over the upscaled image in overlapping tiles of the "
+                                                     "model's own size: adds detail at 0.2-0.4",
+                                                elem_id="upscale-refine-strength")
+                    refine_prompt = gr.Textbox(label="Prompt (empty: the source image's prompt)", lines=2)
+                    with gr.Row():
+                        refine_model = gr.Dropdown([("The source's model", "")] + services.models.choices(),
+                                                   value="", label="Model", allow_custom_value=True)
+                        refine_steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
+                        refine_seed = gr.Number(-1, label="Seed (-1 = random)", precision=0)
             with gr.Column(scale=6, min_width=320):
                 with gr.Row():
                     go = gr.Button("Upscale", variant="primary", elem_id="upscale-go", scale=3)
@@ -77,7 +90,9 @@ def create_tab(services) -> Tab:
 
     form = Form(ids=ids, image=image, images=images, folder=folder, upscaler=upscaler, scale=scale,
                 target_width=target_width, target_height=target_height, upscaler_2=upscaler_2,
-                upscaler_2_visibility=visibility, tile_size=tile_size, tile_overlap=tile_overlap)
+                upscaler_2_visibility=visibility, tile_size=tile_size, tile_overlap=tile_overlap,
+                refine_strength=refine_strength, refine_prompt=refine_prompt, refine_model=refine_model,
+                refine_steps=refine_steps, refine_seed=refine_seed)
 
     def run(req, owner: str, progress=None):
         """Queue a validated request, stream (status, before/after, gallery) while it runs; return the result."""
