@@ -146,14 +146,16 @@ def _api(services):
     upscale = services.upscale
 
     def upscale_images(ids: str = "", paths: list[str] | None = None, upscaler: str = "Lanczos",
-                       scale: float = 4.0) -> dict:
+                       scale: float = 4.0, refine_strength: float = 0.0, refine_prompt: str = "") -> dict:
         """Upscale gallery images (comma-separated ids) and/or image files inside the studio's folders (paths)
         with an upscaler (a resampler, a file in the models folder's ESRGAN/, or builtin:upscaler) by `scale`
-        1..8; waits its turn in the studio queue. Returns {"images": [{id, image_path, source, width, height}],
-        "failures": [[source, why]], "message"}."""
+        1..8, then (refine_strength > 0) img2img over it in tiles with the source's model and prompt (or
+        refine_prompt); waits its turn in the studio queue. Returns {"images": [{id, image_path, source, width,
+        height}], "failures": [[source, why]], "message"}."""
         def call():
             req = upscale.validate(UpscaleRequest(upscaler=upscaler, scale=scale, ids=split_ids(ids or ""),
-                                                  paths=list(paths or [])))
+                                                  paths=list(paths or []), refine_strength=refine_strength,
+                                                  refine_prompt=refine_prompt))
             result = services.queue.interactive("upscale", req, "api")(threading.Event())
             images = [{"id": i.id, "image_path": str(i.path), "source": i.source, "width": i.size[0],
                        "height": i.size[1]} for i in result.images]
