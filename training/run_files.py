@@ -38,3 +38,25 @@ def replace_folder(tmp: Path, out: Path) -> None:
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
+
+
+def run_parser(description: str, work_dir: str, out: str, threads: int):
+    """The argument parser every resumable training command starts from: --work-dir (its state), --out (the
+    exported folder), --seed and --threads; the command adds its own flags, then calls `parse_run_args`."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work-dir", default=work_dir)
+    p.add_argument("--out", default=out)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=threads)
+    return p
+
+
+def parse_run_args(parser, argv=None):
+    """Parse `argv` (None: the command line), keeping the arguments as given in `args.argv` for the model card."""
+    import sys
+
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args

@@ -20,11 +20,9 @@ Only time spent on training steps counts towards the budgets; EMA snapshots are 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -35,7 +33,8 @@ import torch.nn.functional as F
 
 from training import builtin_model as bm
 from training.noise_levels import sample_timesteps
-from training.run_files import atomic_save, load_if_exists, replace_folder, save_json_state
+from training.run_files import (atomic_save, load_if_exists, parse_run_args, replace_folder, run_parser,
+                                 save_json_state)
 from training.world import (COLOURS, PATTERNS, SHAPES, caption_single, moved, render, sample_scene, sprinkle_words,
                            varied_caption)
 
@@ -380,11 +379,7 @@ class Trainer:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work-dir", default="runs/builtin")
-    p.add_argument("--out", default="assets/builtin-shapes")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=2)
+    p = run_parser(__doc__, "runs/builtin", "assets/builtin-shapes", 2)
     p.add_argument("--vae-minutes", type=float, default=8)
     p.add_argument("--vae-steps", type=int, default=0, help="end the VAE phase at this many steps (0: minutes only)")
     p.add_argument("--vae-batch", type=int, default=32)
@@ -413,9 +408,7 @@ def parse_args(argv=None):
     p.add_argument("--position-pairs", type=int, default=0,
                    help="position-contrast pairs per batch: a scene at two positions, captions differing only there")
     p.add_argument("--snapshot-minutes", type=float, default=10)
-    args = p.parse_args(argv)
-    args.argv = list(os.sys.argv[1:] if argv is None else argv)
-    return args
+    return parse_run_args(p, argv)
 
 
 def main(argv=None):

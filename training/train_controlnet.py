@@ -26,7 +26,6 @@ scores, with and without the ControlNet.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -42,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from training.noise_levels import sample_timesteps
-from training.run_files import atomic_save, load_if_exists, replace_folder, save_json_state
+from training.run_files import (atomic_save, load_if_exists, parse_run_args, replace_folder, run_parser,
+                                 save_json_state)
 from training.world import (BASE_SHAPES, COLOURS, IMAGE_SIZE, POSITIONS, SIZES, Scene, ShapeObject, caption_single,
                             caption_two, describe_object, render, sample_scene, varied_caption)
 
@@ -466,12 +466,8 @@ Written {time.strftime('%Y-%m-%d %H:%M')}.
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work-dir", default="runs/controlnet")
-    p.add_argument("--out", default="assets/builtin-controlnet")
+    p = run_parser(__doc__, "runs/controlnet", "assets/builtin-controlnet", 2)
     p.add_argument("--base", default="assets/builtin-shapes", help="the base model folder (its UNet is copied)")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--minutes", type=float, default=90, help="training-minute budget")
     p.add_argument("--steps", type=int, default=0, help="stop at this many steps (0: minutes only)")
     p.add_argument("--num-scenes", type=int, default=20000)
@@ -489,9 +485,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-layouts", type=int, default=0, help="held-out layouts for the final scores (0: none)")
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--eval-only", action="store_true", help="score --out against the base model, train nothing")
-    args = p.parse_args(argv)
-    args.argv = list(os.sys.argv[1:] if argv is None else argv)
-    return args
+    return parse_run_args(p, argv)
 
 
 def final_scores(base_dir: Path, controlnet, n: int, steps: int) -> dict:

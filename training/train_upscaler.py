@@ -21,7 +21,6 @@ held-out world scenes, for the model, Lanczos and bicubic.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -38,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.run_files import atomic_save, load_if_exists, replace_folder, save_json_state
+from training.run_files import (atomic_save, load_if_exists, parse_run_args, replace_folder, run_parser,
+                                 save_json_state)
 from training.world import PATTERNS, SHAPES, render, sample_scene
 
 SCALE = 4
@@ -614,12 +614,8 @@ def export(trainer: Trainer, out: Path, base_dir: Path) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work-dir", default="runs/upscaler")
-    p.add_argument("--out", default="assets/builtin-upscaler")
+    p = run_parser(__doc__, "runs/upscaler", "assets/builtin-upscaler", 1)
     p.add_argument("--base", default="assets/builtin-shapes", help="the built-in model (example pictures)")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--minutes", type=float, default=30, help="training CPU-minute budget")
     p.add_argument("--steps", type=int, default=0, help="stop at this many steps (0: minutes only)")
     p.add_argument("--num-feat", type=int, default=48)
@@ -636,9 +632,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-images", type=int, default=64)
     p.add_argument("--example-images", type=int, default=8, help="built-in model pictures for example.png")
     p.add_argument("--no-export", dest="export", action="store_false")
-    args = p.parse_args(argv)
-    args.argv = list(os.sys.argv[1:] if argv is None else argv)
-    return args
+    return parse_run_args(p, argv)
 
 
 def main(argv=None):
