@@ -51,7 +51,7 @@ class UpscalerSource:
     def label(self) -> str:
         if self.kind == "resampler":
             return f"{self.name} (no model)"
-        return "Built-in upscaler" if self.kind == "builtin" else self.name
+        return "Built-in 4x (for the built-in model's pictures)" if self.kind == "builtin" else self.name
 
     def cache_key(self) -> tuple[str, str]:
         """(model id, kind) in the model cache; the kind carries the file's size and time, so a file replaced

@@ -172,9 +172,14 @@ class UpscaleService:
         return [(NONE, NONE)] + found if second else found
 
     def default_upscaler(self) -> str:
-        """The built-in upscaler when it is there, else the first model in the folder, else Lanczos."""
-        models = [s for s in self.upscalers() if s.kind != "resampler"]
-        return models[0].name if models else RESAMPLERS[0]
+        """The first model file in the folder (the person's own upscalers, made for real pictures), else the
+        built-in one (made for the built-in model's pictures), else Lanczos."""
+        found = self.upscalers()
+        for kind in ("model", "builtin"):
+            models = [s for s in found if s.kind == kind]
+            if models:
+                return models[0].name
+        return RESAMPLERS[0]
 
     def _source(self, name: str, field: str) -> UpscalerSource:
         found = {s.name: s for s in self.upscalers()}

@@ -417,3 +417,19 @@ def test_a_source_without_a_prompt_is_reported_and_the_batch_goes_on(services):
                                                      refine_strength=0.5, refine_model=TINY_MODEL_ID, refine_steps=2))
     assert [i.source for i in result.images] == [named]
     assert result.failures and "refine_prompt" in result.failures[0][1]
+
+
+def test_the_default_upscaler_is_a_persons_own_model_then_the_built_in_one_then_lanczos(studio):
+    from pathlib import Path
+
+    upscale = studio.upscale
+    assert upscale.default_upscaler() == "compact-2x.safetensors"
+    save_model(compact(scale=4), Path(studio.settings.builtin_upscaler_dir) / "builtin.safetensors")
+    assert upscale.default_upscaler() == "compact-2x.safetensors", "made for real pictures: first"
+    for path in (studio.settings.models_root / "ESRGAN").iterdir():
+        path.unlink()
+    assert upscale.default_upscaler() == BUILTIN_UPSCALER_ID
+    assert dict((name, label) for label, name in upscale.choices())[BUILTIN_UPSCALER_ID].startswith("Built-in 4x")
+    for path in Path(studio.settings.builtin_upscaler_dir).iterdir():
+        path.unlink()
+    assert upscale.default_upscaler() == "Lanczos"
