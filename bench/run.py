@@ -199,8 +199,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, LoraP
     p.add_argument("--quick", action="store_true", help="fewer repeats, 10k gallery, 40 prompts")
     p.add_argument("--gallery-records", type=int, default=None,
                    help="synthetic gallery records (default 1,000,000; 10,000 with --quick)")
-    p.add_argument("--skip", default="",
-                   help="comma list of: generation,cache,controlnet,coldstart,gallery,import,adherence,lora,curation")
+    p.add_argument("--skip", default="", help="comma list of: generation,cache,controlnet,coldstart,gallery,"
+                                              "import,adherence,lora,curation,upscale")
     p.add_argument("--import-images", type=int, default=None,
                    help="PNGs for the gallery import section (default 100,000; 10,000 with --quick)")
     p.add_argument("--real-size", action="store_true",

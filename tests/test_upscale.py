@@ -350,8 +350,9 @@ def test_the_benchmark_section_prints_its_numbers(tmp_path, capsys):
 
     bench_upscale(tmp_path / "up", size=32, repeats=1)
     out = capsys.readouterr().out
-    for name in ("cold load", "cache hit", "tiled", "seam", "images/s", "tile size from budget"):
-        assert name in out
+    for name in ("cold load", "cache hit", "tiled", "seam", "images/s", "tile size from budget",
+                 "built-in upscaler, 16 held-out scenes (clean)", "(softened)"):
+        assert name in out, out
 
 
 # ---------------------------------------------------------------------- refine with the diffusion model
