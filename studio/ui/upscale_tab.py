@@ -85,7 +85,7 @@ def create_tab(services) -> Tab:
                 status = gr.Markdown("", elem_id="upscale-status")
                 compare = gr.ImageSlider(label="Before / after", type="filepath", format="png", interactive=False,
                                          elem_id="upscale-compare")
-                output = gr.Gallery(label="Output", columns=4, height=360, format="png", interactive=False,
+                output = gr.Gallery(label="Output", columns=4, height="auto", format="png", interactive=False,
                                     preview=False, object_fit="contain", elem_id="upscale-output")
 
     form = Form(ids=ids, image=image, images=images, folder=folder, upscaler=upscaler, scale=scale,
