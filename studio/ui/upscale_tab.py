@@ -70,7 +70,9 @@ def create_tab(services) -> Tab:
                                   visible=upscale.generation is not None, elem_id="upscale-refine"):
                     refine_strength = gr.Slider(0, 1, value=0, step=0.05, label="Denoising strength (0 = off)",
                                                 info="img2img over the upscaled image in overlapping tiles of the "
-                                                     "model's own size: adds detail at 0.2-0.4",
+                                                     "model's own size. Every tile sees the whole prompt, so high "
+                                                     "values draw its objects again in each tile: 0.1-0.3 adds "
+                                                     "detail, or describe textures rather than objects",
                                                 elem_id="upscale-refine-strength")
                     refine_prompt = gr.Textbox(label="Prompt (empty: the source image's prompt)", lines=2)
                     with gr.Row():
