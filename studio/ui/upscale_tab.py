@@ -72,7 +72,9 @@ def create_tab(services) -> Tab:
                                                 info="img2img over the upscaled image in overlapping tiles of the "
                                                      "model's own size. Every tile sees the whole prompt, so high "
                                                      "values draw its objects again in each tile: 0.1-0.3 adds "
-                                                     "detail, or describe textures rather than objects",
+                                                     "detail, or describe textures rather than objects. For "
+                                                     "Stable Diffusion models: the built-in model redraws its "
+                                                     "shapes in every tile",
                                                 elem_id="upscale-refine-strength")
                     refine_prompt = gr.Textbox(label="Prompt (empty: the source image's prompt)", lines=2)
                     with gr.Row():
