@@ -19,6 +19,7 @@ from studio.errors import StudioError
 from studio.ui.common import PLUMBING, Form, LoadEvent, Tab, session_owner, stop_jobs, stream_job, user_errors
 
 PAGE = 48
+SEND_AT_MOST = 1000  # accepted images sent to the Upscale tab at once (the best ones)
 FILTERS = ["all", "accepted", "featured", "rejected", "duplicate", "error", "manual"]
 SORTS = [("Newest", "newest"), ("Combined score", "score")] + [(m.title, m.key) for m in METRICS]
 CURATE_QUEUE = {"concurrency_id": "curate", "concurrency_limit": 1}  # CPU work: its own queue, not the GPU's
@@ -385,10 +386,12 @@ def create_tab(services) -> Tab:
             if not ids:
                 raise StudioError(f"none of the {outside} accepted image(s) is in the gallery (they were scored "
                                   "in a folder): give the Upscale tab that folder instead", "verdict")
-            text = f"Sent **{len(ids)}** accepted image(s), best first, to the Upscale tab."
+            text = f"Sent **{min(len(ids), SEND_AT_MOST)}** accepted image(s), best first, to the Upscale tab."
+            if len(ids) > SEND_AT_MOST:
+                text += f" The other {len(ids) - SEND_AT_MOST:,} (lower scores) were not sent."
             if outside:
                 text += f" {outside} accepted image(s) scored in a folder outside the gallery were left out."
-            return text, ",".join(ids), gr.Tabs(selected="upscale")
+            return text, ",".join(ids[:SEND_AT_MOST]), gr.Tabs(selected="upscale")
 
         send_upscale.click(send_to_upscale, None, [sent, upscale_ids, tab_row], queue=False, **PLUMBING)
 
