@@ -1,6 +1,6 @@
 """Batch curation as a studio queue job (kind "curate"): the request is stored as JSON and scored by
-CurationService with the queue's cancel event and progress listener. After a restart it runs again (scoring is
-idempotent; manual verdicts are kept)."""
+CurationService with the queue's cancel event and progress listener. Scored images are stored as it goes; after a
+restart the job scores only the images its interrupted run had not stored (manual verdicts are always kept)."""
 
 from __future__ import annotations
 
@@ -41,4 +41,7 @@ class CurationJobs:
             ctx.image_done(done=update.done, total=update.total, durable=False)
             if ctx.progress is not None:
                 ctx.progress(update)
-        return self.curation.run(CurationRequest(**payload), report, ctx.cancel)
+        req = CurationRequest(**payload)
+        if ctx.job.get("started"):  # the job's first start: after a kill, what its run stored is not scored again
+            req.scored_since = float(ctx.job["started"])
+        return self.curation.run(req, report, ctx.cancel)

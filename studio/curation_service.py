@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_WORKERS = 2
 INLINE_MAX = 2          # batches this small are scored in the calling thread (no worker start-up)
+COMMIT_EVERY = 1000     # scored images stored at least this often in a batch: a kill loses fewer
 MAX_WEIGHT = 10.0
 PAGE_MAX = 500
 
@@ -54,13 +55,15 @@ class CurationRequest:
 
     Exactly what is given is scored: `ids` (gallery image ids), `query` (gallery images whose prompt contains
     it), `folder` (its images, recursively; inside the allowed roots), or `all` (the whole gallery).
-    `only_new` skips images already scored."""
+    `only_new` skips images already scored; `scored_since` (epoch seconds) skips images scored since then (a
+    resumed queue job skips what its interrupted run stored)."""
 
     ids: list[str] = field(default_factory=list)
     query: str = ""
     folder: str = ""
     all: bool = False
     only_new: bool = False
+    scored_since: float = 0.0
     weights: dict[str, float] | None = None
     threshold: float | None = None
 
@@ -271,6 +274,9 @@ class CurationService:
         targets = list(found.values())
         if req.only_new:
             targets = [t for t in targets if not self.store.has(t.id)]
+        if req.scored_since:
+            recent = self.store.scored_since(req.scored_since)
+            targets = [t for t in targets if t.id not in recent]
         return targets
 
     @staticmethod
@@ -295,9 +301,18 @@ class CurationService:
         cancel = cancel or threading.Event()
         with self._run_lock:
             start = time.perf_counter()
-            results = self._score(targets, progress, cancel, start)
+            records: list[dict] = []
+            results: dict[str, dict] = {}
+
+            def commit(chunk: list[Target]) -> None:
+                """Store a chunk as soon as it is scored (a kill keeps it; a resumed job skips it)."""
+                self._add_clip(chunk, results)
+                records.extend(self._commit(chunk, results, run_policy))
+
+            self._score(targets, progress, cancel, start, results, commit)
             scored = [t for t in targets if t.id in results]
-            records = self._commit(scored, results, run_policy)
+            order = {t.id: n for n, t in enumerate(targets)}
+            records.sort(key=lambda r: order[r["id"]])
         errors = [{"id": t.id, "image_path": t.stored_path, "error": results[t.id]["error"]}
                   for t in scored if results[t.id]["error"]]
         values = pol.matrix([r.get("metrics") or {} for r in records if not r.get("error")])
@@ -306,14 +321,21 @@ class CurationService:
                               self._groups([r["id"] for r in records]), time.perf_counter() - start,
                               cancel.is_set() and len(scored) < len(targets), records)
 
-    def _score(self, targets: list[Target], progress, cancel: threading.Event, start: float) -> dict[str, dict]:
-        results: dict[str, dict] = {}
+    def _score(self, targets: list[Target], progress, cancel: threading.Event, start: float,
+               results: dict[str, dict], commit: Callable[[list[Target]], None]) -> None:
+        """Score `targets` into `results`, handing every COMMIT_EVERY scored targets (and the last ones) to
+        `commit`."""
         errors = 0
+        fresh: list[Target] = []
 
         def done(target: Target, result: dict) -> None:
             nonlocal errors
             results[target.id] = result
             errors += bool(result["error"])
+            fresh.append(target)
+            if len(fresh) >= COMMIT_EVERY:
+                commit(fresh[:])
+                fresh.clear()
             if progress:
                 progress(CurationProgress(len(results), len(targets), errors, time.perf_counter() - start,
                                           target.stored_path))
@@ -327,8 +349,8 @@ class CurationService:
                 done(t, score_file(str(t.path), t.prompt, t.model))
         else:
             self._score_parallel(targets, cancel, done)
-        self._add_clip(targets, results)
-        return results
+        if fresh:
+            commit(fresh)
 
     def _score_parallel(self, targets: list[Target], cancel: threading.Event, done) -> None:
         """Score in `workers` spawned processes; at most 2 x workers files are in flight, so Stop takes effect

@@ -253,6 +253,13 @@ class CurationStore:
         with self._lock:
             return image_id in self._row
 
+    def scored_since(self, when: float) -> set[str]:
+        """The ids of the images scored at or after `when` (epoch seconds)."""
+        self.wait_ready()
+        with self._lock:
+            n = self._cols.n
+            return {self._ids[int(r)] for r in np.flatnonzero(self._cols.when[:n] >= when)}
+
     def near(self) -> dict[str, dict[str, int]]:
         """Every image's near-duplicates (id -> summed hash distance), for those that have any."""
         self.wait_ready()
