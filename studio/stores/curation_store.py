@@ -238,10 +238,19 @@ class CurationStore:
             return json.loads(json.dumps(self._shard(image_id[:2])[TABLE][image_id]))
 
     def get_many(self, ids) -> list[dict]:
-        """The records of `ids` that exist, in that order."""
+        """The records of `ids` that exist, in that order (each shard read once, whatever the order)."""
         self.wait_ready()  # before the lock, which the loading thread holds
+        ids = [check_image_id(i) for i in ids]
         with self._lock:
-            return [r for r in (self.get(i) for i in ids) if r is not None]
+            by_shard: dict[str, list[str]] = {}
+            for image_id in ids:
+                if image_id in self._row:
+                    by_shard.setdefault(image_id[:2], []).append(image_id)
+            found = {}
+            for name, group in by_shard.items():
+                table = self._shard(name)[TABLE]
+                found.update((i, json.loads(json.dumps(table[i]))) for i in group)
+            return [found[i] for i in ids if i in found]
 
     def count(self) -> int:
         self.wait_ready()
