@@ -102,8 +102,9 @@ def create_tab(services) -> Tab:
                     training = gr.Checkbox(True, label="Skip while a training runs")
                 upscalers = services.upscale.choices() if services.upscale is not None else []
                 with gr.Row(visible=bool(upscalers)):
-                    upscale_top = gr.Slider(0, 100, value=0, step=1, label="Upscale the best K accepted (0 = none)",
-                                            info="needs Curate after", elem_id="schedule-upscale-top")
+                    upscale_top = gr.Slider(0, 100, value=0, step=1, label="Upscale the best K (0 = none)",
+                                            info="the K accepted images with the best curation score; needs Curate after",
+                                            elem_id="schedule-upscale-top")
                     upscaler = gr.Dropdown([("Upscale tab's default", "")] + upscalers, value="", label="Upscaler")
                     upscale_scale = gr.Slider(1, 8, value=2, step=0.5, label="Upscale by")
                 with gr.Accordion("Conditions and notifications", open=False):
