@@ -103,7 +103,7 @@ def create_tab(services) -> Tab:
                 upscalers = services.upscale.choices() if services.upscale is not None else []
                 with gr.Row(visible=bool(upscalers)):
                     upscale_top = gr.Slider(0, 100, value=0, step=1, label="Upscale the best K (0 = none)",
-                                            info="the K accepted images with the best curation score; needs Curate after",
+                                            info="the K accepted with the best curation score; needs Curate after",
                                             elem_id="schedule-upscale-top")
                     upscaler = gr.Dropdown([("Upscale tab's default", "")] + upscalers, value="", label="Upscaler")
                     upscale_scale = gr.Slider(1, 8, value=2, step=0.5, label="Upscale by")
