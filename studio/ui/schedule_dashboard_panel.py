@@ -29,7 +29,8 @@ def timeline_frame(upcoming: list[dict]) -> pd.DataFrame:
 
 
 def per_day_frame(per_day: list[dict]) -> pd.DataFrame:
-    rows = [{"day": d["day"], "images": d[kind], "kind": kind} for d in per_day for kind in ("made", "accepted")]
+    """Made and accepted per day; days shown as month-day (12-06), so two weeks of labels fit the plot."""
+    rows = [{"day": d["day"][5:], "images": d[kind], "kind": kind} for d in per_day for kind in ("made", "accepted")]
     return pd.DataFrame(rows, columns=["day", "images", "kind"])
 
 
