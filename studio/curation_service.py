@@ -38,10 +38,10 @@ from studio.curation.scoring import ONE_THREAD, init_worker, score_file
 from studio.curation.semantic import ClipScorer
 from studio.datasets import write_caption_dataset
 from studio.errors import StudioError, ValidationError, check_range
+from studio.images import FOLDER_IMAGE_SUFFIXES
 from studio.stores.curation_store import SORTS, CurationStore
 
 log = logging.getLogger(__name__)
-IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_WORKERS = 2
 INLINE_MAX = 2          # batches this small are scored in the calling thread (no worker start-up)
 COMMIT_SECONDS = 300    # a batch stores what it scored this often (a kill loses at most that much scoring; each
@@ -249,7 +249,7 @@ class CurationService:
         found: dict[str, Target] = {}
         if folder:
             root = self.paths.resolve(folder, "folder")
-            for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXT and p.is_file()):
+            for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in FOLDER_IMAGE_SUFFIXES and p.is_file()):
                 image_id = folder_image_id(path)
                 found[image_id] = Target(image_id, path, str(path), "folder", self._prompt_of(path))
         records = []

@@ -7,6 +7,7 @@ from pathlib import Path
 from studio.errors import ValidationError
 
 MAX_UPLOAD_PIXELS = 4096 * 4096
+FOLDER_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # what a folder source lists
 
 
 def load_image(value, field: str, mode: str = "RGB"):

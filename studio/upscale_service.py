@@ -25,15 +25,15 @@ from pipelines.tiling import TilingCancelled, is_out_of_memory
 from pipelines.upscalers import (NONE, RESAMPLERS, UpscalerError, UpscalerSource, join_modes, list_upscalers,
                                  load_upscaler, resample, split_modes, upscale_with_model)
 from studio.errors import StudioError, ValidationError, check_range
-from studio.images import load_image
+from studio.images import FOLDER_IMAGE_SUFFIXES, load_image
 from studio.infotext import build_infotext, parse_infotext, save_png_with_infotext
+from studio.stores.gallery_record import ID_RE
 
 MAX_SCALE = 8
 MAX_SIDE = 8192  # target width / height
 MAX_OUTPUT_PIXELS = 8192 * 8192
 MIN_TILE, MAX_TILE, MAX_OVERLAP = 32, 4096, 256
 MAX_SOURCES = 10_000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DERIVED_KEYS = ("Prompt", "Negative prompt", "Size-1", "Size-2", "Hires resize-1", "Hires resize-2")
 
 
@@ -216,7 +216,7 @@ class UpscaleService:
                                   "tile_overlap")
         ids = split_ids(req.ids)
         for record_id in ids:
-            if not re.fullmatch(r"[0-9a-f]{32}", record_id):
+            if not ID_RE.fullmatch(record_id):
                 raise ValidationError(f"ids: {record_id!r} is not a gallery image id (32 hex characters)", "ids")
         paths = [str(self.paths.resolve(str(p), "paths", kind="file")) for p in req.paths or []]
         folder = str(self.paths.resolve(req.folder, "folder")) if (req.folder or "").strip() else ""
@@ -273,7 +273,7 @@ class UpscaleService:
         refs += [SourceRef("file", str(p)) for p in list(req.images) + list(req.paths)]
         if req.folder and Path(req.folder).is_dir():  # a folder gone since validation has nothing to give
             refs += [SourceRef("file", str(p)) for p in sorted(Path(req.folder).iterdir())
-                     if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+                     if p.suffix.lower() in FOLDER_IMAGE_SUFFIXES and p.is_file()]
         return refs
 
     # ------------------------------------------------------------------ running

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import zipfile
 from collections import OrderedDict
@@ -34,6 +33,8 @@ import numpy as np
 
 from studio.curation.policy import KEYS
 from studio.stores.atomic_storage import AtomicJSONStorage, JsonStore
+from studio.stores.gallery_record import ID_RE
+from studio.stores.gallery_record import check_id as check_image_id
 
 TABLE = "curation"
 CODES = {None: 0, "accepted": 1, "featured": 2, "rejected": 3, "duplicate": 4, "error": 5}
@@ -43,14 +44,7 @@ SNAPSHOT = "index.npz"
 SNAPSHOT_VERSION = 1
 SNAPSHOT_STALE_SHARDS = 8  # a load that reads this many shards writes a new snapshot
 COLUMNS = ("values", "score", "verdict", "manual", "when", "hashes", "hashed")
-ID_RE = re.compile(r"[0-9a-f]{32}")
 SORTS = ("newest", "score") + KEYS
-
-
-def check_image_id(image_id) -> str:
-    if not isinstance(image_id, str) or not ID_RE.fullmatch(image_id):
-        raise ValueError(f"image id must be 32 hex characters; got {image_id!r}")
-    return image_id
 
 
 class _Columns:
