@@ -31,6 +31,16 @@ MAX_SEED = 2**32 - 1
 TI_HASH_LENGTH = 12  # A1111's short hash of an embedding file in "TI hashes" (sha256[:12])
 
 
+def check_denoising_steps(strength: float, steps: int, strength_field: str = "strength",
+                          steps_field: str = "steps") -> None:
+    """img2img runs the last `strength` share of the steps: refuse a pair that makes no step at all (diffusers
+    would fail on an empty schedule), naming `strength_field`."""
+    if int(steps * strength) < 1:
+        raise ValidationError(f"{strength_field} x {steps_field} must reach 1 step (img2img runs that share of the "
+                              f"steps); got {strength:g} x {steps} = {steps * strength:g}: raise either",
+                              strength_field)
+
+
 @dataclass
 class GenerationRequest:
     """Everything the Generate tab (or a schedule) asks for."""
@@ -197,11 +207,8 @@ class GenerationService:
         if out.mode == "txt2img" and self.models.is_inpainting_model(out.model):
             out = self._as_full_inpaint(out)
         task = TASKS[out.mode]
-        if task.needs_init_image and int(out.steps * out.strength) < 1:  # diffusers would run no step at all
-            raise ValidationError(f"strength x steps must reach 1 step (img2img runs that share of the steps); got "
-                                  f"{out.strength:g} x {out.steps} = {out.steps * out.strength:g}: raise either",
-                                  "strength")
         if task.needs_init_image:
+            check_denoising_steps(out.strength, out.steps)
             init = load_image(out.init_image, "init_image")
             out = replace(out, init_image=init.resize((width, height)) if init.size != (width, height) else init)
             if task.needs_mask:

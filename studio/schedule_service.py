@@ -278,10 +278,7 @@ class ScheduleService:
             raise ValidationError("upscale_top: upscaling is not available here", "upscale_top")
         from studio.upscale_service import MAX_SCALE
 
-        upscaler = req.upscaler or self.upscale.default_upscaler()
-        names = [name for _, name in self.upscale.choices()]
-        if upscaler not in names:
-            raise ValidationError(f"upscaler {upscaler!r} is not known; choose one of: {', '.join(names)}", "upscaler")
+        upscaler = self.upscale.source(req.upscaler or self.upscale.default_upscaler(), "upscaler").name
         scale = check_range("upscale_scale", req.upscale_scale, 1, MAX_SCALE, float)
         return ScheduleRequest(**{**asdict(req), "upscale_top": top, "upscaler": upscaler, "upscale_scale": scale})
 

@@ -25,6 +25,7 @@ from pipelines.tiling import TilingCancelled, is_out_of_memory
 from pipelines.upscalers import (NONE, RESAMPLERS, UpscalerError, UpscalerSource, join_modes, list_upscalers,
                                  load_upscaler, resample, split_modes, upscale_with_model)
 from studio.errors import StudioError, ValidationError, check_range
+from studio.generation_service import GenerationRequest, check_denoising_steps
 from studio.images import FOLDER_IMAGE_SUFFIXES, load_image
 from studio.infotext import build_infotext, parse_infotext, save_png_with_infotext
 from studio.stores.gallery_record import ID_RE
@@ -181,7 +182,8 @@ class UpscaleService:
                 return models[0].name
         return RESAMPLERS[0]
 
-    def _source(self, name: str, field: str) -> UpscalerSource:
+    def source(self, name: str, field: str) -> UpscalerSource:
+        """The upscaler called `name`, or a ValidationError on `field` listing the known ones."""
         found = {s.name: s for s in self.upscalers()}
         if name not in found:
             shown = ", ".join(list(found)[:12])
@@ -193,10 +195,10 @@ class UpscaleService:
     def validate(self, req: UpscaleRequest) -> UpscaleRequest:
         """Check every field; return a normalised copy (ids parsed, paths resolved) or raise ValidationError
         naming the field and its allowed range."""
-        self._source(req.upscaler, "upscaler")
+        self.source(req.upscaler, "upscaler")
         second = req.upscaler_2 or NONE
         if second != NONE:
-            self._source(second, "upscaler_2")
+            self.source(second, "upscaler_2")
         scale = check_range("scale", req.scale, 1, MAX_SCALE, float)
         sizes = {}
         for name in ("target_width", "target_height"):
@@ -250,9 +252,7 @@ class UpscaleService:
         if len(prompt) > 4000:
             raise ValidationError(f"refine_prompt is {len(prompt)} characters; at most 4000", "refine_prompt")
         steps = check_range("refine_steps", req.refine_steps, 1, 150, int)
-        if int(steps * strength) < 1:
-            raise ValidationError(f"refine_strength x refine_steps must reach 1 step; got {strength:g} x {steps}: "
-                                  "raise either", "refine_strength")
+        check_denoising_steps(strength, steps, "refine_strength", "refine_steps")
         return {"refine_strength": strength, "refine_model": model, "refine_prompt": prompt, "refine_steps": steps,
                 "refine_seed": check_range("refine_seed", -1 if req.refine_seed is None else req.refine_seed,
                                            -1, 2**32 - 1, int)}
@@ -301,8 +301,8 @@ class UpscaleService:
         req = self.validate(req)
         start = time.perf_counter()
         refs = self.sources(req)
-        first = self._source(req.upscaler, "upscaler")
-        second = self._source(req.upscaler_2, "upscaler_2") if req.upscaler_2 != NONE and \
+        first = self.source(req.upscaler, "upscaler")
+        second = self.source(req.upscaler_2, "upscaler_2") if req.upscaler_2 != NONE and \
             req.upscaler_2_visibility > 0 else None
         images, failures, stopped = [], [], False
         ids = [r.value for r in refs if r.kind == "id"]
@@ -405,8 +405,6 @@ class UpscaleService:
         """A1111's SD upscale: img2img over `image` in tiles of the model's own size overlapping by a quarter of
         it, blended with the tiling ramp. Returns (refined image, what was used: model, prompt, seed, tile...)."""
         import random
-
-        from studio.generation_service import GenerationRequest
 
         base = record or {}
         prompt = req.refine_prompt or base.get("prompt") or info.get("Prompt", "")
