@@ -73,6 +73,16 @@ def finished(queue: JobQueue, count: int) -> list[dict]:
     return wait_for(lambda: len(h := queue.history(100)) >= count and h)
 
 
+def run_until_finished(queue: JobQueue, count: int) -> None:
+    """Start and resume the queue, wait until `count` jobs have ended, shut it down."""
+    queue.start()
+    queue.resume()
+    try:
+        finished(queue, count)
+    finally:
+        queue.shutdown()
+
+
 # ---------------------------------------------------------------------- order and the person's controls
 def test_jobs_run_in_order_with_a_persons_jobs_first(tmp_path):
     queue, ran = recording_queue(tmp_path / "q.json", start_state="paused")
@@ -201,12 +211,7 @@ def test_jobs_on_the_loaded_model_are_grouped_and_no_job_starves(tmp_path):
     queue.submit("note", note("B", "m1"))
     queue.submit("note", note("C", "m2"))
     queue.submit("note", note("D", "m1"))
-    queue.start()
-    queue.resume()
-    try:
-        finished(queue, 5)
-    finally:
-        queue.shutdown()
+    run_until_finished(queue, 5)
     assert ran == ["B", "D", "A", "C"]
 
 
@@ -217,12 +222,7 @@ def test_grouping_passes_over_a_job_at_most_a_few_times_and_never_a_moved_one(tm
     queue.submit("note", note("other", "m2"))
     for n in range(8):
         queue.submit("note", note(f"m1-{n}", "m1"))
-    queue.start()
-    queue.resume()
-    try:
-        finished(queue, 10)
-    finally:
-        queue.shutdown()
+    run_until_finished(queue, 10)
     assert ran.index("other") == MAX_PASS_OVERS
 
     queue, ran = recording_queue(tmp_path / "q2.json")
@@ -231,12 +231,7 @@ def test_grouping_passes_over_a_job_at_most_a_few_times_and_never_a_moved_one(tm
     moved = queue.submit("note", note("moved", "m2"))
     queue.submit("note", note("same", "m1"))
     queue.move(moved, "top")
-    queue.start()
-    queue.resume()
-    try:
-        finished(queue, 3)
-    finally:
-        queue.shutdown()
+    run_until_finished(queue, 3)
     assert ran == ["moved", "same"]
 
     queue, ran = recording_queue(tmp_path / "q3.json", group_by_model=False)
@@ -244,12 +239,7 @@ def test_grouping_passes_over_a_job_at_most_a_few_times_and_never_a_moved_one(tm
     ran.clear()
     queue.submit("note", note("A", "m2"))
     queue.submit("note", note("B", "m1"))
-    queue.start()
-    queue.resume()
-    try:
-        finished(queue, 3)
-    finally:
-        queue.shutdown()
+    run_until_finished(queue, 3)
     assert ran == ["A", "B"]
 
 

@@ -416,21 +416,20 @@ class GalleryStore:
                                                           chunk)]
         return links
 
-    def add_to_album(self, ids: list[str], name: str) -> int:
-        """Add the images (those that exist) to an album; returns how many were new to it. KeyError: no album."""
+    def _change_album(self, sql: str, ids: list[str], name: str) -> int:
+        """Run `sql` for every (album, image) link of `ids` in album `name`; returns the rows it changed."""
         with self.transaction() as conn:
             before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO album_images(album, image) VALUES (?, ?)",
-                             self._album_links(conn, ids, name))
+            conn.executemany(sql, self._album_links(conn, ids, name))
             return conn.total_changes - before
+
+    def add_to_album(self, ids: list[str], name: str) -> int:
+        """Add the images (those that exist) to an album; returns how many were new to it. KeyError: no album."""
+        return self._change_album("INSERT OR IGNORE INTO album_images(album, image) VALUES (?, ?)", ids, name)
 
     def remove_from_album(self, ids: list[str], name: str) -> int:
         """Take the images out of an album (files and records stay); returns how many were in it."""
-        with self.transaction() as conn:
-            before = conn.total_changes
-            conn.executemany("DELETE FROM album_images WHERE album = ? AND image = ?",
-                             self._album_links(conn, ids, name))
-            return conn.total_changes - before
+        return self._change_album("DELETE FROM album_images WHERE album = ? AND image = ?", ids, name)
 
     def albums_of(self, record_id: str) -> list[str]:
         return [r[0] for r in self._read("SELECT a.name FROM albums a JOIN album_images ai ON ai.album = a.id "
