@@ -175,6 +175,13 @@ def stream_job(jobs, owner: str, work: Callable[[threading.Event, Callable[[Any]
     return outcome.get("result")
 
 
+def queue_wait_text(step) -> str:
+    """The status of a job still waiting in the studio queue: its place, when it should start, a paused queue."""
+    eta = f", starts in about {step.starts_in:.0f} s" if step.starts_in is not None else ""
+    paused = " The queue is paused (Queue tab)." if step.paused else ""
+    return f"Queued: position {step.position}{eta}.{paused}"
+
+
 def stream_generation(jobs, owner: str, req, run: Callable, progress) -> Iterator:
     """The page side of a generation job (the Generate and ControlNet tabs): yields (live preview, gallery items,
     infotext, status) while `run(cancel, on_progress)` (GenerationService.generate with the validated request
@@ -187,9 +194,7 @@ def stream_generation(jobs, owner: str, req, run: Callable, progress) -> Iterato
     def render(update):
         index, total, step = update
         if index == WAITING_INDEX:  # still waiting in the studio queue: its place
-            eta = f", starts in about {step.starts_in:.0f} s" if step.starts_in is not None else ""
-            paused = " The queue is paused (Queue tab)." if step.paused else ""
-            return gr.update(), gr.update(), gr.update(), f"Queued: position {step.position}{eta}.{paused}"
+            return gr.update(), gr.update(), gr.update(), queue_wait_text(step)
         if index < 0:
             progress(step.step / max(1, step.total), desc="Downloading model")
             return (gr.update(), gr.update(), gr.update(),

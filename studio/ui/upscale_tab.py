@@ -11,7 +11,8 @@ import gradio as gr
 
 from studio.job_queue import WAITING_INDEX
 from studio.upscale_service import NONE, UpscaleRequest, split_ids
-from studio.ui.common import ON_QUEUE, PLUMBING, Form, Tab, session_owner, stop_jobs, stream_job, user_errors
+from studio.ui.common import (ON_QUEUE, PLUMBING, Form, Tab, queue_wait_text, session_owner, stop_jobs, stream_job,
+                              user_errors)
 
 SETTINGS = ("upscaler", "scale", "target_width", "target_height", "upscaler_2", "upscaler_2_visibility",
             "tile_size", "tile_overlap", "refine_strength", "refine_prompt", "refine_model", "refine_steps",
@@ -105,8 +106,7 @@ def create_tab(services) -> Tab:
         def render(update):
             index, total, step = update
             if index == WAITING_INDEX:
-                eta = f", starts in about {step.starts_in:.0f} s" if step.starts_in is not None else ""
-                return f"Queued: position {step.position}{eta}.", gr.update(), gr.update()
+                return queue_wait_text(step), gr.update(), gr.update()
             share = step.tiles_done / step.tiles_total if step.tiles_total else 0
             if progress is not None:
                 progress((index + share) / max(1, total), desc=f"image {index + 1}/{total}")
