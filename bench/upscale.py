@@ -113,11 +113,11 @@ def bench_upscale(tmp: Path, size: int = 128, repeats: int = 3) -> None:
 def bench_builtin_quality(upscalers, scenes: int) -> None:
     """The built-in upscaler on held-out shapes-world scenes (128 -> 512 against the 512 px render), clean and
     softened like the built-in model's pictures: PSNR / SSIM beside Lanczos and bicubic on the same images."""
-    from pipelines.upscalers import BUILTIN_UPSCALER_ID
-    from training.train_upscaler import evaluate, heldout_set, load_with_spandrel
+    from pipelines.upscalers import BUILTIN_UPSCALER_ID, load_upscaler
+    from training.train_upscaler import evaluate, heldout_set
 
     path = next(s.path for s in upscalers if s.name == BUILTIN_UPSCALER_ID)
-    model = load_with_spandrel(path).model
+    model = load_upscaler(path).descriptor.model  # as the studio loads it
     for label, degraded in (("clean", False), ("softened", True)):
         scores = evaluate(model, *heldout_set(scenes, degraded))
         line(f"built-in upscaler, {scenes} held-out scenes ({label}): PSNR / SSIM",
